@@ -1,0 +1,5 @@
+import sys
+
+from pixpref.cli import main
+
+sys.exit(main())

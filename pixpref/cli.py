@@ -1,0 +1,72 @@
+"""The ``pixpref`` command line.
+
+Each command lives in the module that owns its concern and exposes ``register(subparsers)``; this file
+only dispatches. Heavy imports (torch, diffusers, gradio) happen inside the command functions, so
+``pixpref --help`` is fast.
+
+User errors (:class:`pixpref.errors.PixprefError`, missing files) print one line to stderr and exit with
+code 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from pixpref.errors import PixprefError
+
+# command group -> module that defines ``register(subparsers)``
+COMMAND_MODULES = [
+    "pixpref.data.cli",
+    "pixpref.toyworld.cli",
+    "pixpref.models.cli",
+    "pixpref.personalize.cli",
+    "pixpref.scorer.cli",
+    "pixpref.eval_cli",
+    "pixpref.demo_cli",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pixpref",
+        description="Personalized preference fine-tuning of text-to-image diffusion models.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for mod_name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(mod_name)
+        except ModuleNotFoundError as e:
+            if e.name == mod_name:  # command group not built yet
+                continue
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        rc = args.func(args)
+    except (PixprefError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError) as e:
+        if args.debug:
+            raise
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"pixpref: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pixpref: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""pixpref.scorer."""
