@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "pixpref.data.cli",
     "pixpref.toyworld.cli",
     "pixpref.models.cli",
+    "pixpref.pretrain.cli",
     "pixpref.personalize.cli",
     "pixpref.scorer.cli",
     "pixpref.eval_cli",

@@ -1,0 +1,1 @@
+"""Pretraining of the embedded toy-world models (base diffusion model, VLM, CLIP)."""

@@ -1,0 +1,148 @@
+"""User encoder on a tiny random LLaVA (same classes as LLaVA-style VLMs), plus profile/cache files."""
+
+import numpy as np
+import pytest
+import torch
+
+from pixpref.errors import PixprefError
+from pixpref.personalize.embeddings import (
+    UserEmbeddingCache,
+    load_user_embedding,
+    precompute_cache,
+    save_user_embedding,
+)
+from pixpref.personalize.user_encoder import UserEncoder, UserEncoderConfig, build_user_prompt
+
+
+@pytest.fixture(scope="module")
+def tiny_vlm():
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    words = "you will be shown a few examples of preferred and dispreferred images prompt red star blue circle "
+    words += "describe what this user prefers in style quality aesthetics profile : ."
+    tok.train_from_iterator([words], trainers.WordLevelTrainer(special_tokens=["<unk>", "<pad>", "<s>", "</s>", "<image>"]))
+    ftok = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    proc = LlavaProcessor(
+        image_processor=CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=ftok, patch_size=8, vision_feature_select_strategy="default", num_additional_image_tokens=1,
+    )
+    torch.manual_seed(0)
+    cfg = LlavaConfig(
+        vision_config=CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+                                       num_hidden_layers=2, num_attention_heads=2),
+        text_config=LlamaConfig(vocab_size=len(ftok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512),
+        image_token_index=ftok.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="default",
+    )
+    return LlavaForConditionalGeneration(cfg).eval(), proc
+
+
+def _pairs(seed, n=4):
+    rng = np.random.default_rng(seed)
+    return [("a red star", rng.integers(0, 255, (32, 32, 3), dtype=np.uint8),
+             rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+@pytest.mark.parametrize("pooling,tokens", [("last_token_all_layers", 3), ("last_token_last_layer", 1),
+                                            ("mean_last_layer", 1)])
+def test_shapes_per_pooling(tiny_vlm, pooling, tokens):
+    enc = UserEncoder(*tiny_vlm, UserEncoderConfig(pooling=pooling))
+    emb = enc.encode([_pairs(0), _pairs(1)])
+    assert emb.shape == (2, tokens, 32) and enc.num_tokens == tokens and enc.embed_dim == 32
+    assert torch.isfinite(emb).all()
+
+
+def test_all_layers_last_token_matches_manual_forward(tiny_vlm):
+    model, proc = tiny_vlm
+    enc = UserEncoder(model, proc)
+    pairs = _pairs(3)
+    text, images = build_user_prompt(pairs, "<image>")
+    inputs = proc(text=[text], images=[images], return_tensors="pt")
+    with torch.no_grad():
+        hs = model(**inputs, output_hidden_states=True).hidden_states
+    expected = torch.stack([h[0, -1] for h in hs])
+    torch.testing.assert_close(enc.encode_one(pairs), expected)
+
+
+def test_batched_equals_one_by_one_with_padding(tiny_vlm):
+    enc = UserEncoder(*tiny_vlm, UserEncoderConfig(batch_size=4))
+    users = [_pairs(0, 4), _pairs(1, 2), _pairs(2, 1)]  # different lengths -> left padding in the batch
+    batched = enc.encode(users)
+    for i, u in enumerate(users):
+        torch.testing.assert_close(batched[i], enc.encode_one(u), atol=1e-5, rtol=1e-4)
+
+
+def test_swapping_choices_changes_embedding(tiny_vlm):
+    enc = UserEncoder(*tiny_vlm)
+    pairs = _pairs(5)
+    swapped = [(p, r, c) for p, c, r in pairs]
+    assert not torch.allclose(enc.encode_one(pairs), enc.encode_one(swapped))
+
+
+def test_generate_mode_runs(tiny_vlm):
+    enc = UserEncoder(*tiny_vlm, UserEncoderConfig(generate_tokens=3, pooling="last_token_last_layer"))
+    assert enc.encode([_pairs(0, 2)]).shape == (1, 1, 32)
+
+
+def test_bad_inputs(tiny_vlm):
+    enc = UserEncoder(*tiny_vlm, UserEncoderConfig(max_pairs=4))
+    with pytest.raises(PixprefError, match="zero pairs"):
+        enc.encode([[]])
+    with pytest.raises(PixprefError, match="empty list"):
+        enc.encode([])
+    with pytest.raises(PixprefError, match="exceed max_pairs=4"):
+        enc.encode([_pairs(0, 5)])
+    bad = [("a red star", np.zeros((32, 32, 4), np.uint8), np.zeros((32, 32, 3), np.uint8))]
+    with pytest.raises(PixprefError, match="example 0 chosen image"):
+        enc.encode([bad])
+    with pytest.raises(PixprefError, match="non-empty"):
+        enc.encode([[("  ", np.zeros((32, 32, 3), np.uint8), np.zeros((32, 32, 3), np.uint8))]])
+    with pytest.raises(PixprefError, match="valid options"):
+        UserEncoderConfig(pooling="max")
+
+
+def test_profile_round_trip_and_validation(tmp_path):
+    emb = torch.randn(3, 16)
+    path = save_user_embedding(tmp_path / "u.safetensors", emb, {"vlm": "toy", "k": 4})
+    loaded, meta = load_user_embedding(path, expected_dim=16)
+    assert torch.equal(loaded, emb) and meta["vlm"] == "toy" and meta["k"] == "4"
+    with pytest.raises(PixprefError, match="does not match"):
+        load_user_embedding(path, expected_dim=32)
+    bad = emb.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(PixprefError, match="NaN"):
+        save_user_embedding(tmp_path / "nan.safetensors", bad)
+    assert not (tmp_path / "nan.safetensors").exists()
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(PixprefError, match="not a readable safetensors"):
+        load_user_embedding(tmp_path / "junk.safetensors")
+    with pytest.raises(PixprefError, match="not found"):
+        load_user_embedding(tmp_path / "missing.safetensors")
+
+
+def test_cache_precompute_and_lookup(tiny_vlm, tmp_path):
+    enc = UserEncoder(*tiny_vlm, UserEncoderConfig(batch_size=2))
+    chunks = [("u1", 0, _pairs(0)), ("u1", 1, _pairs(1)), ("u2", 0, _pairs(2))]
+    cache = precompute_cache(enc, chunks, tmp_path / "cache.safetensors", {"k": 4}, progress=False)
+    again = UserEmbeddingCache.load(tmp_path / "cache.safetensors")
+    assert sorted(again.users()) == ["u1", "u2"] and again.chunks_for("u1") == ["0", "1"]
+    torch.testing.assert_close(again.get("u1", 1), enc.encode_one(_pairs(1)), atol=1e-5, rtol=1e-4)
+    assert torch.equal(cache.get("u2", 0), again.get("u2", 0))
+    with pytest.raises(PixprefError, match="no cached embedding"):
+        again.get("u3", 0)
+    with pytest.raises(PixprefError, match="no example chunks"):
+        precompute_cache(enc, [], tmp_path / "empty.safetensors")
