@@ -15,9 +15,7 @@ import dataclasses
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Literal
 
 from pixpref.errors import PixprefError, unknown_name
 
@@ -34,8 +32,11 @@ SKIP_MISSING_IMAGE = "missing_image"
 SKIP_CORRUPT_IMAGE = "corrupt_image"
 SKIP_EMPTY_PROMPT = "empty_prompt"
 
-# An image is bytes (encoded), a path to a file, or a decoded (H, W, 3) uint8 array.
-ImageLike = bytes | Path | np.ndarray
+if TYPE_CHECKING:
+    import numpy as np
+
+    # An image is bytes (encoded), a path to a file, or a decoded (H, W, 3) uint8 array.
+    ImageLike = bytes | Path | np.ndarray
 
 
 @dataclasses.dataclass

@@ -40,7 +40,7 @@ TOY_CHAT_TEMPLATE = (
     "{% else %}{% for item in message['content'] %}"
     "{% if item['type'] == 'image' %}<image>{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
     "{% endfor %}{% endif %}"
-    "{% if message['role'] == 'assistant' %}</s>{% endif %}\n"
+    "{% if message['role'] == 'assistant' %}</s>{% endif %}{{ '\\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )

@@ -20,6 +20,10 @@ SUPERSAMPLE = 4
 SHADE_SV = {"pastel": (0.42, 1.0), "vivid": (0.92, 0.95), "dark": (0.92, 0.48)}
 TEXTURE_VALUE_FACTOR = 0.55  # stripes/dots are the same hue at this fraction of the value
 OUTLINE_RGB = (0.05, 0.05, 0.05)
+OUTLINE_WIDTH = 0.035  # fraction of the image side
+# scene.bg_lightness in [0, 1] maps onto this HLS lightness range: the background keeps a visible hue
+# (and a dark outline stays visible) even at the extremes
+BG_LIGHTNESS_RANGE = (0.1, 0.9)
 
 
 def object_rgb(colour: str, shade: str) -> tuple[float, float, float]:
@@ -28,7 +32,8 @@ def object_rgb(colour: str, shade: str) -> tuple[float, float, float]:
 
 
 def background_rgb(lightness: float, hue: float) -> tuple[float, float, float]:
-    return colorsys.hls_to_rgb(hue % 1.0, lightness, BG_SATURATION)
+    lo, hi = BG_LIGHTNESS_RANGE
+    return colorsys.hls_to_rgb(hue % 1.0, lo + (hi - lo) * lightness, BG_SATURATION)
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]] | None:
@@ -69,6 +74,13 @@ def shape_mask(shape: str, cx: float, cy: float, r: float, side: int) -> np.ndar
     return np.asarray(canvas) > 127
 
 
+def grow_mask(mask: np.ndarray, side: int) -> np.ndarray:
+    """``mask`` grown by the outline width (a ``side`` x ``side`` supersampled canvas)."""
+    width = max(2, round(side * OUTLINE_WIDTH))
+    grown = Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(2 * width + 1))
+    return np.asarray(grown) > 127
+
+
 def render(scene: Scene, size: int = 32, rng: np.random.Generator | None = None) -> np.ndarray:
     """Render ``scene`` to a ``(size, size, 3)`` uint8 array.
 
@@ -82,9 +94,7 @@ def render(scene: Scene, size: int = 32, rng: np.random.Generator | None = None)
 
     mask = shape_mask(scene.shape, cx, cy, r, side)
     if scene.outline == "dark":
-        width = max(2, round(side * 0.035))
-        grown = Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(2 * width + 1))
-        ring = (np.asarray(grown) > 127) & ~mask
+        ring = grow_mask(mask, side) & ~mask
         img[ring] = OUTLINE_RGB
 
     main = np.array(object_rgb(scene.colour, scene.shade), dtype=np.float32)

@@ -1,0 +1,300 @@
+"""Pretrain the toy world's base text-to-image model from scratch.
+
+Launch (the shipped checkpoint is ``<DIR>/base`` of exactly this command)::
+
+    HF_HUB_OFFLINE=1 nice pixpref pretrain toy --out DIR --only base
+
+Model: a pixel-space ``UNet2DConditionModel`` (32x32, 3 channels, no VAE) cross-attending to a small
+``CLIPTextModel`` over an offline word-level tokenizer; both trained jointly. Data: toy-world renders of
+the *seen* shape-colour combinations with uniformly random style, captioned by a random prompt template
+(content only); 10% of prompts are dropped to "" so classifier-free guidance works. Objective: epsilon
+prediction under a DDPM noise schedule. AdamW, linear warm-up then cosine decay, gradient clipping, EMA of
+the weights. The EMA weights are saved as an fp16 ``PixprefPipeline`` folder with a DDIM scheduler,
+together with ``loss_log.jsonl``, ``pretrain_config.yaml`` and ``samples.png``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from pixpref.errors import PixprefError
+
+LOSS_LOG = "loss_log.jsonl"
+
+
+@dataclass
+class ModelArch:
+    """Architecture of the toy base model."""
+
+    image_size: int = 32  # pixels per side (pixel space: the UNet's sample_size)
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+    layers_per_block: int = 1
+    attention_head_dim: int = 8  # channels per attention head
+    norm_num_groups: int = 8
+    text_hidden_size: int = 64  # CLIP text width = UNet cross_attention_dim
+    text_layers: int = 2
+    text_heads: int = 4
+    max_length: int = 16  # tokens per prompt incl. <bos>/<eos>
+
+    def __post_init__(self):
+        if not self.block_out_channels or any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise PixprefError(
+                f"model.block_out_channels {self.block_out_channels} must be non-empty and divisible by "
+                f"model.norm_num_groups={self.norm_num_groups}"
+            )
+        if self.image_size % 2 ** (len(self.block_out_channels) - 1):
+            raise PixprefError(f"model.image_size {self.image_size} must be divisible by the UNet's downsampling")
+        if self.text_hidden_size % self.text_heads:
+            raise PixprefError("model.text_hidden_size must be divisible by model.text_heads")
+
+
+@dataclass
+class PretrainConfig:
+    """Training settings of the base model (``configs/toy/pretrain_base.yaml``)."""
+
+    seed: int = 0
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 1e-3  # peak learning rate after warm-up
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999  # upper bound; EMA warm-up ramps the decay up from 0
+    prompt_dropout: float = 0.1  # fraction of prompts replaced by "" (for classifier-free guidance)
+    num_train_timesteps: int = 1000
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
+    log_every: int = 10  # steps between loss-log lines
+    save_every: int = 500  # steps between (overwritten) EMA snapshots of the folder; 0 = only at the end
+    sample_prompts: list[str] = field(default_factory=lambda: ["a red circle", "a blue star", "a green square",
+                                                              "a yellow triangle", "a purple cross"])
+    sample_guidance_scale: float = 2.0
+    save_dtype: Literal["float16", "float32"] = "float16"
+    model: ModelArch = field(default_factory=ModelArch)
+
+    def __post_init__(self):
+        checks = {
+            "steps": self.steps >= 1,
+            "batch_size": self.batch_size >= 1,
+            "lr": self.lr > 0,
+            "warmup_steps": 0 <= self.warmup_steps < self.steps,
+            "grad_clip": self.grad_clip > 0,
+            "ema_decay": 0 < self.ema_decay < 1,
+            "prompt_dropout": 0 <= self.prompt_dropout < 1,
+            "log_every": self.log_every >= 1,
+            "save_every": self.save_every >= 0,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise PixprefError(f"invalid pretrain_base setting(s): {', '.join(bad)} (see configs/toy/pretrain_base.yaml)")
+
+
+def build_unet(arch: ModelArch, seed: int = 0):
+    """Randomly initialised pixel-space ``UNet2DConditionModel`` (first block without attention)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    n = len(arch.block_out_channels)
+    down = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1)
+    up = ("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return UNet2DConditionModel(
+            sample_size=arch.image_size,
+            in_channels=3,
+            out_channels=3,
+            down_block_types=down,
+            up_block_types=up,
+            block_out_channels=tuple(arch.block_out_channels),
+            layers_per_block=arch.layers_per_block,
+            attention_head_dim=arch.attention_head_dim,
+            norm_num_groups=arch.norm_num_groups,
+            cross_attention_dim=arch.text_hidden_size,
+        )
+
+
+def build_schedulers(cfg: PretrainConfig):
+    """(DDPM training scheduler, DDIM sampling scheduler) over the same noise schedule."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    common = dict(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_schedule=cfg.beta_schedule,
+        prediction_type="epsilon",
+        clip_sample=True,  # pixel space is [-1, 1]
+        clip_sample_range=1.0,
+        timestep_spacing="trailing",
+    )
+    return DDPMScheduler(**common), DDIMScheduler(**common, set_alpha_to_one=True)
+
+
+def build_pipeline(cfg: PretrainConfig):
+    """A fresh (untrained) toy ``PixprefPipeline`` with the DDIM sampling scheduler."""
+    from pixpref.models.pipeline import PixprefPipeline
+    from pixpref.models.text import build_text_encoder, build_tokenizer
+
+    arch = cfg.model
+    tokenizer = build_tokenizer(arch.max_length)
+    text_encoder = build_text_encoder(len(tokenizer), arch.text_hidden_size, arch.text_layers, arch.text_heads,
+                                      arch.max_length, seed=cfg.seed)
+    unet = build_unet(arch, seed=cfg.seed)
+    _, ddim = build_schedulers(cfg)
+    return PixprefPipeline(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=ddim)
+
+
+class SceneStream:
+    """Reproducible infinite stream of (images, prompts) batches from the toy renderer (seen combos)."""
+
+    def __init__(self, seed: int, image_size: int, prompt_dropout: float):
+        self.rng = np.random.default_rng(seed)
+        self.image_size = image_size
+        self.prompt_dropout = prompt_dropout
+
+    def batch(self, n: int):
+        """-> images ``(n, 3, H, W)`` float32 in [-1, 1], list of n prompts ("" when dropped)."""
+        import torch
+
+        from pixpref.toyworld.render import render_batch
+        from pixpref.toyworld.scene import PROMPT_TEMPLATES, sample_scene
+
+        scenes = [sample_scene(self.rng, combos="seen") for _ in range(n)]
+        pixels = render_batch(scenes, self.image_size)  # (n, H, W, 3) uint8
+        images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        templates = self.rng.integers(len(PROMPT_TEMPLATES), size=n)
+        dropped = self.rng.random(n) < self.prompt_dropout
+        prompts = ["" if d else s.prompt(int(k)) for s, k, d in zip(scenes, templates, dropped)]
+        return images, prompts
+
+
+@contextlib.contextmanager
+def _quiet_diffusers():
+    from diffusers.utils import logging as dlogging
+
+    level = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        dlogging.set_verbosity(level)
+
+
+def save_pipeline(pipe, params_ema, out_dir: Path, dtype_name: str) -> None:
+    """Save a copy of ``pipe`` holding the EMA weights, cast to ``dtype_name``, as safetensors."""
+    import torch
+
+    snapshot = copy.deepcopy(pipe)
+    params = list(snapshot.unet.parameters()) + list(snapshot.text_encoder.parameters())
+    params_ema.copy_to(params)
+    with _quiet_diffusers():  # the fp16 cast warns about modules to keep in fp32; this UNet has none
+        snapshot.to(dtype=getattr(torch, dtype_name))
+    snapshot.save_pretrained(out_dir, safe_serialization=True)
+
+
+def sample_grid(pipe, prompts: list[str], n_per_prompt: int, guidance_scale: float, seed: int):
+    """Sample ``n_per_prompt`` images per prompt with DDIM 25 -> PIL grid (one row per prompt)."""
+    import torch
+
+    from pixpref.toyworld.render import make_grid
+
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(seed)
+    imgs = pipe(prompts, num_images_per_prompt=n_per_prompt, guidance_scale=guidance_scale, generator=g,
+                output_type="np").images  # (P * n, H, W, 3) in [0, 1]
+    return make_grid((imgs * 255 + 0.5).astype(np.uint8), ncols=n_per_prompt, upscale=2)
+
+
+def run(out_dir: Path, cfg: PretrainConfig) -> dict:
+    """Train the base model into ``out_dir`` (a diffusers pipeline folder); return final metrics."""
+    import torch
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+    from diffusers.training_utils import EMAModel
+    from tqdm.auto import tqdm
+
+    from pixpref.config import save_config
+    from pixpref.models.pipeline import tokenize
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out_dir / "pretrain_config.yaml")
+    torch.manual_seed(cfg.seed)
+    noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
+
+    # models: both trained, fp32
+    pipe = build_pipeline(cfg)
+    unet, text_encoder, tokenizer = pipe.unet, pipe.text_encoder, pipe.tokenizer
+    unet.train()
+    text_encoder.train()
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    n_params = {"unet": sum(p.numel() for p in unet.parameters()),
+                "text_encoder": sum(p.numel() for p in text_encoder.parameters())}
+    train_sched, _ = build_schedulers(cfg)
+
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    lr_sched = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.steps)
+    ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=True)
+    stream = SceneStream(cfg.seed, cfg.model.image_size, cfg.prompt_dropout)
+
+    print(f"[base] params: unet {n_params['unet'] / 1e6:.2f}M, text encoder {n_params['text_encoder'] / 1e6:.2f}M; "
+          f"{cfg.steps} steps x batch {cfg.batch_size}")
+    log_path = out_dir / LOSS_LOG
+    recent: list[float] = []
+    start = time.perf_counter()
+    with open(log_path, "w") as log, tqdm(range(1, cfg.steps + 1), desc="base", dynamic_ncols=True) as bar:
+        for step in bar:
+            x0, prompts = stream.batch(cfg.batch_size)  # (B, 3, H, W) in [-1, 1]
+            ids = tokenize(tokenizer, prompts)  # (B, T)
+            noise = torch.randn(x0.shape, generator=noise_gen)  # (B, 3, H, W)
+            t = torch.randint(0, cfg.num_train_timesteps, (x0.shape[0],), generator=noise_gen)  # (B,)
+            noisy = train_sched.add_noise(x0, noise, t)
+            context = text_encoder(ids)[0]  # (B, T, D)
+            pred = unet(noisy, t, encoder_hidden_states=context).sample  # (B, 3, H, W)
+            loss = torch.nn.functional.mse_loss(pred, noise)
+
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            lr_sched.step()
+            optimizer.zero_grad(set_to_none=True)
+            ema.step(params)
+
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise RuntimeError(f"base pretraining diverged at step {step} (loss {value})")
+            recent = (recent + [value])[-50:]
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                elapsed = time.perf_counter() - start
+                rec = {"step": step, "loss": value, "loss_avg50": float(np.mean(recent)),
+                       "lr": lr_sched.get_last_lr()[0], "grad_norm": float(grad_norm),
+                       "ema_decay": ema.cur_decay_value, "elapsed_s": round(elapsed, 2)}
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{rec['loss_avg50']:.4f}", lr=f"{rec['lr']:.2e}")
+            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+                save_pipeline(pipe, ema, out_dir, cfg.save_dtype)
+
+    elapsed = time.perf_counter() - start
+    save_pipeline(pipe, ema, out_dir, cfg.save_dtype)
+
+    # samples from the saved (EMA, fp16 -> fp32) weights, as users will load them
+    from pixpref.models.diffusion import load_pipeline
+
+    saved = load_pipeline(out_dir)
+    sample_grid(saved, cfg.sample_prompts, 8, cfg.sample_guidance_scale, cfg.seed).save(out_dir / "samples.png")
+    metrics = {
+        "steps": cfg.steps,
+        "final_loss_avg50": float(np.mean(recent)),
+        "wall_s": round(elapsed, 1),
+        "steps_per_s": round(cfg.steps / elapsed, 3),
+        "params": n_params,
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    print(f"[base] done: {json.dumps(metrics)}")
+    return metrics

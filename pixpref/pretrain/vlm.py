@@ -1,0 +1,378 @@
+"""Pretrain the toy VLM (a small LLaVA) on the toy world so its hidden states carry image style.
+
+    pixpref pretrain vlm --config configs/toy/pretrain_vlm.yaml --out runs/pretrain
+
+Three teacher-forced tasks, loss on the answer tokens only:
+
+1. caption: ``<image> Describe the image.`` -> :func:`pixpref.toyworld.scene.caption` (content + style);
+2. compare: ``<image><image> Compare the first image with the second.`` -> :func:`compare_text`;
+3. pairs: a PPD-like interleaved prompt with 1-4 (prompt, preferred, dispreferred) pairs, then
+   ``Describe the preferred image of pair 2.`` -> that image's caption (trains reading 8 images at once).
+
+Held-out shape-colour combinations are never shown. Writes ``out_dir/vlm`` (fp16 safetensors, processor,
+``train_log.csv``, ``metrics.json``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pixpref.errors import PixprefError
+from pixpref.models.vlm import IMAGE_TOKEN, ToyVLMSpec
+from pixpref.toyworld.scene import (
+    COLOURS,
+    PROMPT_TEMPLATES,
+    SHAPES,
+    Scene,
+    caption,
+    content_combos,
+    sample_scene,
+    style_words,
+)
+
+CAPTION_QUESTION = "Describe the image."
+COMPARE_QUESTION = "Compare the first image with the second."
+PAIRS_INTRO = "You will be shown a few examples of preferred and dispreferred images."
+
+
+@dataclass
+class PretrainConfig:
+    """Toy VLM pretraining settings (configs/toy/pretrain_vlm.yaml)."""
+
+    seed: int = 0  # seeds data, init and batching
+    model: ToyVLMSpec = field(default_factory=ToyVLMSpec)
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.05  # cosine decay floor, as a fraction of lr
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    train_scenes: int = 20000  # pre-rendered pool of training scenes (seen combos only)
+    tokenizer_texts: int = 4000  # texts used to train the BPE
+    caption_weight: float = 0.6  # task mixture (normalised)
+    compare_weight: float = 0.25
+    pairs_weight: float = 0.15
+    max_pairs: int = 4  # pairs in the interleaved task (4 pairs = 8 images, as in PPD)
+    eval_scenes: int = 200  # held-out scenes for the final caption accuracy
+    eval_seed: int = 12345
+    log_every: int = 10
+    threads: int = 0  # torch threads; 0 keeps the default
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise PixprefError("steps and batch_size must be >= 1")
+        if not 1 <= self.max_pairs <= 8:
+            raise PixprefError(f"max_pairs must be in 1..8, got {self.max_pairs}")
+        if min(self.caption_weight, self.compare_weight, self.pairs_weight) < 0 or self.caption_weight <= 0:
+            raise PixprefError("task weights must be >= 0 and caption_weight > 0")
+        worst = self.max_pairs * 2 * self.model.image_tokens + 40 * self.max_pairs + 80
+        if worst > self.model.max_positions:
+            raise PixprefError(
+                f"model.max_positions {self.model.max_positions} is too small for {self.max_pairs} pairs "
+                f"(needs about {worst})"
+            )
+
+
+# ---- texts ---------------------------------------------------------------------------------------------
+
+
+def compare_text(a: Scene, b: Scene) -> str:
+    """How scene ``a`` differs from ``b`` in style, e.g. 'the first is larger, on a darker background,
+    pastel not vivid, same texture, outlined not plain, further left and higher'."""
+    parts = []
+    d = a.size - b.size
+    parts.append("the same size" if abs(d) < 0.03 else ("larger" if d > 0 else "smaller"))
+    d = a.bg_lightness - b.bg_lightness
+    parts.append(
+        "on the same background" if abs(d) < 0.12 else f"on a {'lighter' if d > 0 else 'darker'} background"
+    )
+    parts.append("same shade" if a.shade == b.shade else f"{a.shade} not {b.shade}")
+    parts.append("same texture" if a.texture == b.texture else f"{a.texture} not {b.texture}")
+    oa, ob = style_words(a)["outline"], style_words(b)["outline"]
+    parts.append("same outline" if oa == ob else f"{oa} not {ob}")
+    moves = []
+    if abs(a.cx - b.cx) >= 0.08:
+        moves.append("further left" if a.cx < b.cx else "further right")
+    if abs(a.cy - b.cy) >= 0.08:
+        moves.append("higher" if a.cy < b.cy else "lower")
+    parts.append(" and ".join(moves) if moves else "in the same place")
+    return "the first is " + ", ".join(parts)
+
+
+_CAPTION_RE = re.compile(
+    r"^a (?P<size>\w+) (?P<shade>\w+) (?P<colour>\w+) (?P<shape>\w+), (?P<texture>\w+), (?P<outline>\w+), "
+    r"at the (?P<vertical>\w+) (?P<horizontal>\w+), on a (?P<background>\w+) background"
+)
+_TEXTURE_WORD = {"solid": "solid", "striped": "stripes", "dotted": "dots"}
+ATTRIBUTES = ("colour", "shape", "size", "shade", "texture", "outline", "horizontal", "vertical", "background")
+CONTENT_ATTRIBUTES = ("colour", "shape")
+
+
+def parse_caption(text: str) -> dict[str, str] | None:
+    """Invert :func:`caption`: attribute -> word (textures as scene values), or None if malformed."""
+    m = _CAPTION_RE.match(text.strip())
+    if not m:
+        return None
+    out = m.groupdict()
+    out["texture"] = _TEXTURE_WORD.get(out["texture"], out["texture"])
+    return out
+
+
+def true_attributes(scene: Scene) -> dict[str, str]:
+    """The attribute words a correct caption of ``scene`` contains (same keys as :func:`parse_caption`)."""
+    out = dict(style_words(scene))
+    out["texture"] = scene.texture
+    out.update(colour=scene.colour, shape=scene.shape)
+    return out
+
+
+def tokenizer_corpus(rng: np.random.Generator, n: int) -> list[str]:
+    """Texts the BPE is trained on: every prompt word of the toy world plus sampled answers."""
+    texts = [CAPTION_QUESTION, COMPARE_QUESTION, PAIRS_INTRO, "USER: ASSISTANT:"]
+    texts += [t.format(colour=c, shape=s) for t in PROMPT_TEMPLATES for c in COLOURS for s in SHAPES]
+    texts += [f"Pair {i}: Preferred: Dispreferred: Describe the preferred image of pair {i}." for i in range(1, 9)]
+    texts += ["Describe the dispreferred image of pair 1."]
+    for _ in range(n):
+        a, b = sample_scene(rng, combos="all"), sample_scene(rng, combos="all")
+        texts += [caption(a), compare_text(a, b)]
+    return texts
+
+
+# ---- batches -------------------------------------------------------------------------------------------
+
+
+def _user(items: list[Any]) -> list[dict]:
+    content = [{"type": "image"} if it is None else {"type": "text", "text": it} for it in items]
+    return [{"role": "user", "content": content}]
+
+
+def make_example(task: str, idx: np.ndarray, scenes: list[Scene], rng: np.random.Generator) -> tuple:
+    """(messages, image indices, answer) for one example using pool indices ``idx``."""
+    if task == "caption":
+        return _user([None, " " + CAPTION_QUESTION]), [int(idx[0])], caption(scenes[idx[0]])
+    if task == "compare":
+        a, b = int(idx[0]), int(idx[1])
+        return _user([None, None, " " + COMPARE_QUESTION]), [a, b], compare_text(scenes[a], scenes[b])
+    k = len(idx) // 2
+    items: list[Any] = [PAIRS_INTRO]
+    for i in range(k):
+        w, lo = int(idx[2 * i]), int(idx[2 * i + 1])
+        items += [f" Pair {i + 1}: {scenes[w].prompt(int(rng.integers(len(PROMPT_TEMPLATES))))}. Preferred: ",
+                  None, " Dispreferred: ", None]
+    j = int(rng.integers(k))
+    which = int(rng.integers(2))
+    items.append(f" Describe the {('preferred', 'dispreferred')[which]} image of pair {j + 1}.")
+    return _user(items), [int(i) for i in idx[: 2 * k]], caption(scenes[idx[2 * j + which]])
+
+
+def encode_example(processor: Any, messages: list[dict], answer: str | None) -> tuple[list[int], int]:
+    """Token ids of prompt (+ answer and eos) with ``<image>`` expanded as LlavaProcessor does;
+    returns (ids, number of prompt tokens)."""
+    from pixpref.models.vlm import image_token_count
+
+    tok = processor.tokenizer
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    prompt = prompt.replace(IMAGE_TOKEN, IMAGE_TOKEN * image_token_count(processor))
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    n_prompt = len(ids)
+    if answer is not None:
+        ids = ids + tok(" " + answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    return ids, n_prompt
+
+
+def pixel_tensor(images: np.ndarray, processor: Any):
+    """uint8 ``(N, H, W, 3)`` -> normalised float ``(N, 3, H, W)``, equal to the image processor's output
+    for images already at its size (checked in tests)."""
+    import torch
+
+    ip = processor.image_processor
+    mean = torch.tensor(ip.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(ip.image_std).view(1, 3, 1, 1)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0  # (N, 3, H, W)
+    return (x - mean) / std
+
+
+def collate(examples: list[tuple[list[int], int]], pad_id: int, left: bool = False):
+    """Pad token lists -> (input_ids, attention_mask, labels) with labels on answer tokens only."""
+    import torch
+
+    length = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), length), pad_id, dtype=torch.long)  # (B, T)
+    mask = torch.zeros_like(input_ids)
+    labels = torch.full_like(input_ids, -100)
+    for b, (ids, n_prompt) in enumerate(examples):
+        start = length - len(ids) if left else 0
+        input_ids[b, start: start + len(ids)] = torch.tensor(ids)
+        mask[b, start: start + len(ids)] = 1
+        labels[b, start + n_prompt: start + len(ids)] = torch.tensor(ids[n_prompt:], dtype=torch.long)
+    return input_ids, mask, labels
+
+
+# ---- evaluation ----------------------------------------------------------------------------------------
+
+
+def generate_captions(model: Any, processor: Any, images: np.ndarray, batch_size: int = 50,
+                      max_new_tokens: int = 48) -> list[str]:
+    """Greedy captions for uint8 ``(N, H, W, 3)`` images with the caption prompt."""
+    import torch
+
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    ids, _ = encode_example(processor, _user([None, " " + CAPTION_QUESTION]), None)
+    out = []
+    for s in range(0, len(images), batch_size):
+        chunk = images[s: s + batch_size]
+        input_ids = torch.tensor([ids] * len(chunk), device=device)  # (B, T): same prompt, no padding
+        with torch.no_grad():
+            gen = model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                pixel_values=pixel_tensor(chunk, processor).to(device, dtype),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+            )
+        out += processor.tokenizer.batch_decode(gen[:, input_ids.shape[1]:], skip_special_tokens=True)
+    return [t.strip() for t in out]
+
+
+def caption_accuracy(model: Any, processor: Any, scenes: list[Scene], size: int = 32) -> dict[str, Any]:
+    """Per-attribute accuracy of greedy captions; a malformed caption counts wrong on every attribute."""
+    from pixpref.toyworld.render import render_batch
+
+    captions = generate_captions(model, processor, render_batch(scenes, size))
+    hits = {a: 0 for a in ATTRIBUTES}
+    parsed_ok = 0
+    for scene, text in zip(scenes, captions):
+        got = parse_caption(text)
+        if got is None:
+            continue
+        parsed_ok += 1
+        want = true_attributes(scene)
+        for a in ATTRIBUTES:
+            hits[a] += int(got[a] == want[a])
+    n = max(1, len(scenes))
+    acc = {a: hits[a] / n for a in ATTRIBUTES}
+    return {"n": len(scenes), "parsed": parsed_ok / n, "accuracy": acc, "captions": captions}
+
+
+def held_out_scenes(n: int, seed: int) -> list[Scene]:
+    """Fresh scenes from a separate seed; every 4th uses a held-out shape-colour combination."""
+    rng = np.random.default_rng(seed)
+    return [sample_scene(rng, combos="held_out" if i % 4 == 3 else "seen") for i in range(n)]
+
+
+# ---- training ------------------------------------------------------------------------------------------
+
+
+def _lr_at(step: int, cfg: PretrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+
+
+def run(out_dir: Path, cfg: PretrainConfig) -> dict:
+    """Train the toy VLM; save it to ``out_dir/vlm``; return final metrics."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from tqdm.auto import tqdm
+
+    from pixpref.models.vlm import build_processor, build_tokenizer, build_toy_vlm, save_vlm
+    from pixpref.toyworld.render import render_batch
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(out_dir) / "vlm"
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    # 1. tokenizer, processor, model
+    tokenizer = build_tokenizer(tokenizer_corpus(rng, cfg.tokenizer_texts), cfg.model.vocab_size)
+    processor = build_processor(tokenizer, cfg.model)
+    model = build_toy_vlm(cfg.model, tokenizer, seed=cfg.seed)
+    n_params = sum(p.numel() for p in model.parameters())
+
+    # 2. data: a pool of rendered training scenes (seen combos only)
+    scenes = [sample_scene(rng, combos="seen") for _ in tqdm(range(cfg.train_scenes), desc="scenes", leave=False)]
+    pixels = pixel_tensor(render_batch(scenes, cfg.model.image_size), processor)  # (N, 3, H, W)
+    tasks = ("caption", "compare", "pairs")
+    weights = np.array([cfg.caption_weight, cfg.compare_weight, cfg.pairs_weight])
+    weights = weights / weights.sum()
+
+    # 3. optimiser
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.98),
+    )
+
+    # 4. loop
+    model.train()
+    log_path = out / "train_log.csv"
+    t0 = time.time()
+    ema = None
+    with open(log_path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", "task", "loss", "lr", "seconds"])
+        bar = tqdm(range(cfg.steps), desc="pretrain vlm")
+        for step in bar:
+            task = tasks[int(rng.choice(3, p=weights))]
+            n_img = {"caption": 1, "compare": 2}.get(task, 2 * int(rng.integers(1, cfg.max_pairs + 1)))
+            examples, image_idx = [], []
+            # interleaved prompts are ~5x longer: half the batch keeps the step cost in line
+            for _ in range(cfg.batch_size if task != "pairs" else max(1, cfg.batch_size // 2)):
+                idx = rng.choice(len(scenes), size=n_img, replace=False)
+                messages, used, answer = make_example(task, idx, scenes, rng)
+                examples.append(encode_example(processor, messages, answer))
+                image_idx += used
+            input_ids, mask, labels = collate(examples, tokenizer.pad_token_id)
+            lr = _lr_at(step, cfg)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            loss = model(input_ids=input_ids, attention_mask=mask, pixel_values=pixels[image_idx],
+                         labels=labels).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            value = loss.item()
+            ema = value if ema is None else 0.95 * ema + 0.05 * value
+            if step % cfg.log_every == 0 or step == cfg.steps - 1:
+                writer.writerow([step, task, f"{value:.5f}", f"{lr:.3e}", f"{time.time() - t0:.1f}"])
+                f.flush()
+                bar.set_postfix(loss=f"{ema:.3f}", task=task)
+    train_seconds = time.time() - t0
+
+    # 5. save (fp16) and evaluate the saved weights' precision on held-out scenes
+    model.eval()
+    save_vlm(model, processor, out, fp16=True)
+    model = model.float()
+    metrics: dict[str, Any] = {
+        "params": n_params,
+        "steps": cfg.steps,
+        "train_seconds": round(train_seconds, 1),
+        "steps_per_second": round(cfg.steps / train_seconds, 3),
+        "final_loss_ema": round(float(ema), 4),
+    }
+    if cfg.eval_scenes > 0:
+        res = caption_accuracy(model, processor, held_out_scenes(cfg.eval_scenes, cfg.eval_seed),
+                               cfg.model.image_size)
+        metrics["heldout_caption_parsed"] = res["parsed"]
+        metrics["heldout_caption_accuracy"] = {k: round(v, 4) for k, v in res["accuracy"].items()}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics

@@ -1,0 +1,128 @@
+"""How well does the pixel oracle recover the toy world's scene parameters?
+
+    python scripts/oracle_accuracy.py --n 3000 --seed 0 [--size 32] [--json out.json]
+
+Renders ``n`` random scenes over *all* shape-colour combinations (clean), and ``n`` more with random blur
+in [0, 1.5] and noise in [0, 0.15]; prints a table of detector accuracies and feature-parameter
+correlations, then the same figures as JSON. The floors asserted in tests/test_toyworld_oracle.py are
+``MIN_ACCURACY`` and ``MIN_CORRELATION``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+MIN_ACCURACY = 0.98
+MIN_CORRELATION = 0.95
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.std() == 0 or b.std() == 0:
+        return 0.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def _circular_corr(measured: np.ndarray, true: np.ndarray) -> float:
+    """Mean of the Pearson correlations of cos and sin of the two hue angles."""
+    ma, ta = 2 * np.pi * measured, 2 * np.pi * true
+    return 0.5 * (_corr(np.cos(ma), np.cos(ta)) + _corr(np.sin(ma), np.sin(ta)))
+
+
+def oracle_report(n: int = 3000, seed: int = 0, size: int = 32) -> dict:
+    """Render, measure and compare; returns {"detectors": {...}, "correlations": {...}, ...}."""
+    from pixpref.toyworld.oracle import analyse, measure
+    from pixpref.toyworld.render import object_rgb, render
+    from pixpref.toyworld.scene import sample_scene
+
+    rng = np.random.default_rng(seed)
+    scenes = [sample_scene(rng, combos="all") for _ in range(n)]
+    images = np.stack([render(s, size) for s in scenes])
+    t0 = time.perf_counter()
+    feats, colours, shapes = analyse(images)
+    seconds = time.perf_counter() - t0
+
+    def param(name):
+        return np.array([getattr(s, name) for s in scenes], dtype=np.float64)
+
+    import colorsys
+
+    true_rgb = np.array([object_rgb(s.colour, s.shade) for s in scenes])
+    true_hsv = np.array([colorsys.rgb_to_hsv(*c) for c in true_rgb])
+    true_light = (true_rgb.max(1) + true_rgb.min(1)) / 2
+    corr = {
+        "size": _corr(feats["size"], param("size")),
+        "area (sqrt) ~ size": _corr(np.sqrt(feats["area"]), param("size")),
+        "cx": _corr(feats["cx"], param("cx")),
+        "cy": _corr(feats["cy"], param("cy")),
+        "bg_lightness": _corr(feats["bg_lightness"], param("bg_lightness")),
+        "bg_hue (circular)": _circular_corr(feats["bg_hue"], param("bg_hue")),
+        "obj_lightness ~ shade": _corr(feats["obj_lightness"], true_light),
+        "obj_saturation ~ shade": _corr(feats["obj_saturation"], true_hsv[:, 1]),
+        "texture ~ textured (point-biserial)": _corr(feats["texture"], [s.texture != "solid" for s in scenes]),
+        "outline ~ outlined (point-biserial)": _corr(feats["outline"], [s.outline == "dark" for s in scenes]),
+    }
+    detectors = {
+        "colour": float(np.mean([c == s.colour for c, s in zip(colours, scenes)])),
+        "shape": float(np.mean([c == s.shape for c, s in zip(shapes, scenes)])),
+    }
+
+    # degraded renders: blur and noise drawn independently
+    blur = rng.uniform(0.0, 1.5, n)
+    noise = rng.uniform(0.0, 0.15, n)
+    deg_scenes = [sample_scene(rng, combos="all").replace(blur=float(b), noise=float(z))
+                  for b, z in zip(blur, noise)]
+    deg = np.stack([render(s, size, np.random.default_rng(seed + 1 + i)) for i, s in enumerate(deg_scenes)])
+    dfeats = measure(deg)
+    corr["|sharpness ~ blur|"] = abs(_corr(dfeats["sharpness"], blur))
+    corr["noise ~ noise"] = _corr(dfeats["noise"], noise)
+    degraded = {k: _corr(dfeats[k], [getattr(s, k) for s in deg_scenes]) for k in ("size", "cx", "cy",
+                                                                                   "bg_lightness")}
+    return {
+        "n": n, "seed": seed, "image_size": size,
+        "detectors": detectors,
+        "correlations": corr,
+        "correlations_under_degradation": degraded,
+        "measure_ms_per_image": 1000 * seconds / n,
+        "floors": {"accuracy": MIN_ACCURACY, "correlation": MIN_CORRELATION},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=3000, help="images per set (clean and degraded)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=32, help="image side in pixels")
+    parser.add_argument("--json", default=None, help="also write the JSON report to this file")
+    args = parser.parse_args(argv)
+    rep = oracle_report(args.n, args.seed, args.size)
+    ok = True
+    print(f"{'figure':44s} {'value':>7s}  floor")
+    for name, acc in rep["detectors"].items():
+        flag = acc >= MIN_ACCURACY
+        ok &= flag
+        print(f"{'detector: ' + name:44s} {acc:7.4f}  {MIN_ACCURACY}{'' if flag else '  FAIL'}")
+    for name, r in rep["correlations"].items():
+        flag = r >= MIN_CORRELATION
+        ok &= flag
+        print(f"{'corr: ' + name:44s} {r:7.4f}  {MIN_CORRELATION}{'' if flag else '  FAIL'}")
+    for name, r in rep["correlations_under_degradation"].items():
+        print(f"{'corr (blur+noise): ' + name:44s} {r:7.4f}  -")
+    print(f"measure: {rep['measure_ms_per_image']:.2f} ms/image")
+    text = json.dumps(rep, indent=2)
+    print(text)
+    if args.json:
+        from pixpref.io_utils import atomic_path
+
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(text)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
