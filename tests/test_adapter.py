@@ -29,20 +29,33 @@ def make_unet(kind: str, cross_attention_dim: int | None = None, layers_per_bloc
     torch.manual_seed(0)
     if kind == "sd15":
         unet = UNet2DConditionModel(
-            sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64),
-            layers_per_block=layers_per_block, norm_num_groups=8, attention_head_dim=8,
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=layers_per_block,
+            norm_num_groups=8,
+            attention_head_dim=8,
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
             cross_attention_dim=cross_attention_dim or 32,
         )
     else:  # SDXL-shaped: text_time added conditioning, linear projections, 2 transformer layers per block
         unet = UNet2DConditionModel(
-            sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64),
-            layers_per_block=layers_per_block, norm_num_groups=8, attention_head_dim=(2, 4),
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=layers_per_block,
+            norm_num_groups=8,
+            attention_head_dim=(2, 4),
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
-            transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            transformer_layers_per_block=(1, 2),
+            projection_class_embeddings_input_dim=80,
             cross_attention_dim=cross_attention_dim or 64,
         )
     unet.requires_grad_(False)
@@ -124,12 +137,19 @@ def test_trained_adapter_changes_output_and_every_off_switch_is_exact(case):
             keep = torch.tensor([True, False, True])
             masked = run(unet, inputs, **adapter.attention_kwargs(tokens, mask=keep))
             assert torch.equal(masked[1], base[1])  # the dropped sample is the base model
-            assert torch.allclose(masked[0], full[0], atol=1e-5) and torch.allclose(masked[2], full[2], atol=1e-5)
-            dropped = run(unet, inputs, **adapter.attention_kwargs(tokens, mask=torch.zeros(BATCH, dtype=torch.bool)))
+            assert torch.allclose(masked[0], full[0], atol=1e-5) and torch.allclose(
+                masked[2], full[2], atol=1e-5
+            )
+            dropped = run(
+                unet, inputs, **adapter.attention_kwargs(tokens, mask=torch.zeros(BATCH, dtype=torch.bool))
+            )
             assert torch.equal(dropped, base)
 
             # per-sample users: one sample alone gives the same output as inside the batch
-            one = {k: (v[1:2] if torch.is_tensor(v) else {kk: vv[1:2] for kk, vv in v.items()}) for k, v in inputs.items()}
+            one = {
+                k: (v[1:2] if torch.is_tensor(v) else {kk: vv[1:2] for kk, vv in v.items()})
+                for k, v in inputs.items()
+            }
             alone = run(unet, one, **adapter.attention_kwargs(tokens[1:2]))
             assert torch.allclose(alone[0], full[1], atol=1e-5)
     finally:
@@ -164,7 +184,9 @@ def test_gradients_reach_only_the_adapter(case, init):
 
 def test_save_load_round_trip_and_mismatch_errors(case, tmp_path):
     kind, unet, inputs, embedding, _ = case
-    config = UserAdapterConfig(embed_dim=EMBED_DIM, num_tokens=NUM_TOKENS, num_out_tokens=3, pos_embed=True, scale=0.7)
+    config = UserAdapterConfig(
+        embed_dim=EMBED_DIM, num_tokens=NUM_TOKENS, num_out_tokens=3, pos_embed=True, scale=0.7
+    )
     adapter = UserAdapter(config, unet)
     randomise(adapter)
     adapter.save_pretrained(tmp_path / "ad")

@@ -84,18 +84,26 @@ class UserAdapterConfig:
     def __post_init__(self) -> None:
         for name in ("embed_dim", "num_tokens"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise PixprefError(f"UserAdapterConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+                raise PixprefError(
+                    f"UserAdapterConfig.{name} must be a positive integer, got {getattr(self, name)!r}"
+                )
         for name in ("num_out_tokens", "cross_attention_dim"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
-                raise PixprefError(f"UserAdapterConfig.{name} must be a positive integer or null, got {value!r}")
+                raise PixprefError(
+                    f"UserAdapterConfig.{name} must be a positive integer or null, got {value!r}"
+                )
         if self.init not in INIT_MODES:
             raise unknown_name("adapter init", self.init, INIT_MODES)
         if not math.isfinite(float(self.scale)):
             raise PixprefError(f"UserAdapterConfig.scale must be finite, got {self.scale!r}")
         for name, dims in self.layers.items():
-            if not (isinstance(dims, (list, tuple)) and len(dims) == 2 and all(isinstance(d, int) for d in dims)):
-                raise PixprefError(f"UserAdapterConfig.layers[{name!r}] must be [cross_attention_dim, inner_dim]")
+            if not (
+                isinstance(dims, (list, tuple)) and len(dims) == 2 and all(isinstance(d, int) for d in dims)
+            ):
+                raise PixprefError(
+                    f"UserAdapterConfig.layers[{name!r}] must be [cross_attention_dim, inner_dim]"
+                )
         self.layers = {k: list(v) for k, v in self.layers.items()}
 
     @property
@@ -105,12 +113,17 @@ class UserAdapterConfig:
 
     def resolve(self, unet: nn.Module) -> UserAdapterConfig:
         """Return a copy with ``layers`` and ``cross_attention_dim`` taken from ``unet``; check them if set."""
-        found = {name: [attn.to_k.in_features, attn.to_k.out_features] for name, attn in cross_attention_layers(unet).items()}
+        found = {
+            name: [attn.to_k.in_features, attn.to_k.out_features]
+            for name, attn in cross_attention_layers(unet).items()
+        }
         if not found:
             raise PixprefError("the UNet has no cross-attention layers to attach a user adapter to")
         widths = sorted({dims[0] for dims in found.values()})
         if len(widths) != 1:
-            raise PixprefError(f"user adapter needs one cross_attention_dim for all layers; the UNet has {widths}")
+            raise PixprefError(
+                f"user adapter needs one cross_attention_dim for all layers; the UNet has {widths}"
+            )
         width = widths[0]
         if self.cross_attention_dim is not None and self.cross_attention_dim != width:
             raise PixprefError(
@@ -145,7 +158,9 @@ def cross_attention_layers(unet: nn.Module) -> dict[str, nn.Module]:
     }
 
 
-def drop_user_tokens(tokens: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def drop_user_tokens(
+    tokens: torch.Tensor, p: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Per-sample user dropout: a keep-mask (B,) bool with each sample dropped with probability ``p``.
 
     Pass it as ``user_mask``; a dropped sample gets exactly the base model (the user branch adds exact
@@ -153,14 +168,18 @@ def drop_user_tokens(tokens: torch.Tensor, p: float, generator: torch.Generator 
     """
     if not 0.0 <= p <= 1.0:
         raise PixprefError(f"user dropout probability must be in [0, 1], got {p}")
-    draw = torch.rand(tokens.shape[0], generator=generator, device=tokens.device if generator is None else generator.device)
+    draw = torch.rand(
+        tokens.shape[0], generator=generator, device=tokens.device if generator is None else generator.device
+    )
     return (draw >= p).to(tokens.device)
 
 
 class UserTokenProjection(nn.Module):
     """VLM user embedding (B, T_in, D_vlm) -> user tokens (B, T_out, C): [token mix] -> Linear -> [+pos] -> LN."""
 
-    def __init__(self, embed_dim: int, num_tokens: int, out_tokens: int, cross_attention_dim: int, pos_embed: bool):
+    def __init__(
+        self, embed_dim: int, num_tokens: int, out_tokens: int, cross_attention_dim: int, pos_embed: bool
+    ):
         super().__init__()
         self.token_mix = nn.Linear(num_tokens, out_tokens) if out_tokens != num_tokens else None
         self.proj = nn.Linear(embed_dim, cross_attention_dim)
@@ -187,7 +206,9 @@ class UserKV(nn.Module):
         self.gate = nn.Parameter(torch.zeros(())) if gated else None
 
 
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, xformers: bool) -> torch.Tensor:
+def _attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, xformers: bool
+) -> torch.Tensor:
     """(B, heads, Tq, d) x (B, heads, Tk, d) -> (B, heads, Tq, d), by SDPA or xformers."""
     if xformers and mask is None:
         import xformers.ops
@@ -212,7 +233,9 @@ class UserAttnProcessor:
         if backend not in ATTENTION_BACKENDS:
             raise unknown_name("attention backend", backend, ATTENTION_BACKENDS)
         if backend == "xformers" and not _xformers_importable():
-            raise PixprefError("attention backend 'xformers' needs the xformers package (pip install pixpref[gpu])")
+            raise PixprefError(
+                "attention backend 'xformers' needs the xformers package (pip install pixpref[gpu])"
+            )
         self.layer = layer
         self.scale = float(scale)
         self.backend = backend
@@ -325,10 +348,16 @@ class UserAdapter(nn.Module):
         if unet is not None:
             config = config.resolve(unet)
         if not config.layers or config.cross_attention_dim is None:
-            raise PixprefError("UserAdapter needs the UNet (or a config with resolved layers) to know its shapes")
+            raise PixprefError(
+                "UserAdapter needs the UNet (or a config with resolved layers) to know its shapes"
+            )
         self.config = config
         self.projection = UserTokenProjection(
-            config.embed_dim, config.num_tokens, config.out_tokens, config.cross_attention_dim, config.pos_embed
+            config.embed_dim,
+            config.num_tokens,
+            config.out_tokens,
+            config.cross_attention_dim,
+            config.pos_embed,
         )
         gated = config.init == "copy"
         self.layers = nn.ModuleDict(
@@ -417,7 +446,10 @@ class UserAdapter(nn.Module):
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: (v.to(dtype) if dtype is not None else v).detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        state = {
+            k: (v.to(dtype) if dtype is not None else v).detach().cpu().contiguous()
+            for k, v in self.state_dict().items()
+        }
         with atomic_path(directory / WEIGHTS_NAME) as tmp:
             save_file(state, str(tmp), metadata={"format": "pt", "pixpref": "user_adapter"})
         with atomic_path(directory / CONFIG_NAME) as tmp:
@@ -444,10 +476,14 @@ class UserAdapter(nn.Module):
         own = adapter.state_dict()
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         if missing or unexpected:
-            raise PixprefError(f"{weights_path}: missing weights {missing[:3]}, unexpected weights {unexpected[:3]}")
+            raise PixprefError(
+                f"{weights_path}: missing weights {missing[:3]}, unexpected weights {unexpected[:3]}"
+            )
         for key, value in state.items():
             if value.shape != own[key].shape:
-                raise PixprefError(f"{weights_path}: {key} has shape {tuple(value.shape)}, expected {tuple(own[key].shape)}")
+                raise PixprefError(
+                    f"{weights_path}: {key} has shape {tuple(value.shape)}, expected {tuple(own[key].shape)}"
+                )
         adapter.load_state_dict(state)
         return adapter
 

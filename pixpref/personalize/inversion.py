@@ -104,7 +104,9 @@ def ddim_invert(
 
     timesteps = timesteps.to(x0.device).long()
     grid = inversion_grid(timesteps, num_steps)  # (B, N)
-    work = torch.promote_types(x0.dtype, torch.float32)  # the update runs in >= float32; eps_fn sees x0's dtype
+    work = torch.promote_types(
+        x0.dtype, torch.float32
+    )  # the update runs in >= float32; eps_fn sees x0's dtype
     x = x0.to(work)
     abar_cur = torch.ones(x0.shape[0], dtype=work, device=x0.device)  # clean start: abar = 1
     level_cur = torch.full_like(timesteps, -1)
@@ -115,9 +117,13 @@ def ddim_invert(
         eps = eps_fn(x.to(x0.dtype), level_next).to(work)  # evaluated at the destination timestep
         x0_hat = (x - bcast((1 - abar_cur).sqrt()) * eps) / bcast(abar_cur.sqrt())
         sigma = eta * ((1 - abar_cur) / (1 - abar_next) * (1 - abar_next / abar_cur)).clamp(min=0).sqrt()
-        x_next = bcast(abar_next.sqrt()) * x0_hat + bcast((1 - abar_next - sigma**2).clamp(min=0).sqrt()) * eps
+        x_next = (
+            bcast(abar_next.sqrt()) * x0_hat + bcast((1 - abar_next - sigma**2).clamp(min=0).sqrt()) * eps
+        )
         if eta > 0:
-            noise = torch.randn(x.shape, generator=generator, device=x.device if generator is None else generator.device)
+            noise = torch.randn(
+                x.shape, generator=generator, device=x.device if generator is None else generator.device
+            )
             x_next = x_next + bcast(sigma) * noise.to(x.device, work)
         x = torch.where(bcast(active), x_next, x)
         abar_cur = torch.where(active, abar_next, abar_cur)

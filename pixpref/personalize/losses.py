@@ -67,7 +67,9 @@ def _check_errors(**errors: torch.Tensor | None) -> int:
         if err is None:
             raise PixprefError(f"loss input {name} is missing")
         if err.ndim != 1:
-            raise PixprefError(f"loss input {name} must be per-sample errors of shape (B,), got {tuple(err.shape)}")
+            raise PixprefError(
+                f"loss input {name} must be per-sample errors of shape (B,), got {tuple(err.shape)}"
+            )
         sizes.add(err.shape[0])
     if len(sizes) != 1:
         raise PixprefError(f"loss inputs must all have the same batch size, got {sorted(sizes)}")
@@ -166,10 +168,16 @@ class PreferenceLoss:
 
 LOSSES: dict[str, PreferenceLoss] = {
     # beta in the per-pixel-mean convention; 5000 as in the Diffusion-DPO launch scripts (SD1.5 and SDXL)
-    "dpo": PreferenceLoss("dpo", dpo_loss, 5000.0, needs_reference=True, noising="forward", needs_losers=True),
+    "dpo": PreferenceLoss(
+        "dpo", dpo_loss, 5000.0, needs_reference=True, noising="forward", needs_losers=True
+    ),
     # InPO: the DPO objective on DDIM-inverted (x_t, eps*); 2000 as in InPO for SD1.5
-    "inpo": PreferenceLoss("inpo", dpo_loss, 2000.0, needs_reference=True, noising="ddim_inversion", needs_losers=True),
-    "sft": PreferenceLoss("sft", sft_loss, None, needs_reference=False, noising="forward", needs_losers=False),
+    "inpo": PreferenceLoss(
+        "inpo", dpo_loss, 2000.0, needs_reference=True, noising="ddim_inversion", needs_losers=True
+    ),
+    "sft": PreferenceLoss(
+        "sft", sft_loss, None, needs_reference=False, noising="forward", needs_losers=False
+    ),
 }
 
 

@@ -32,7 +32,6 @@ CONFIG_NAME = "scorer_config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT = "pixpref-scorer"
 FORMAT_VERSION = 1
-USER_KEY = "user_embedding"
 TOY_SCORER_DIR = Path(__file__).resolve().parent.parent / "pretrained" / "toy" / "scorer"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 
@@ -121,7 +120,7 @@ def _to_chw(image: Any, where: str) -> torch.Tensor:
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[-1] != 3:
             raise PixprefError(f"{where}: numpy images must have shape (H, W, 3), got {image.shape}")
-        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        image = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # copy: PIL arrays are read-only
     if not isinstance(image, torch.Tensor):
         raise PixprefError(
             f"{where}: unsupported image type {type(image).__name__}; use PIL, a path, numpy or torch"
@@ -154,40 +153,21 @@ def _prompt_list(prompts: str | Sequence[str], n: int) -> list[str]:
     return prompts
 
 
-def load_user_embedding(user: str | Path | torch.Tensor, n: int, user_dim: int) -> torch.Tensor:
-    """User embedding (T, D), (N, T, D), (1, T, D) or a USER.safetensors path -> float tensor (N, T, D)."""
-    if isinstance(user, (str, Path)):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+def user_batch(user: str | Path | torch.Tensor, n: int, user_dim: int) -> torch.Tensor:
+    """User embedding (T, D), (1, T, D), (N, T, D) or a USER.safetensors path -> float tensor (N, T, D)."""
+    from pixpref.personalize.embeddings import check_embedding, load_user_embedding
 
-        path = Path(user)
-        if not path.is_file():
-            raise PixprefError(f"user embedding file not found: {path}")
-        try:
-            data = load_file(str(path))
-        except (SafetensorError, OSError) as e:
-            raise PixprefError(f"cannot read user embedding {path} as safetensors: {e}") from None
-        if USER_KEY not in data:
-            raise PixprefError(
-                f"{path} has no {USER_KEY!r} tensor; keys found: {', '.join(sorted(data)) or 'none'}"
-            )
-        user = data[USER_KEY]
-    if not isinstance(user, torch.Tensor):
-        raise PixprefError(f"user must be a tensor or a USER.safetensors path, got {type(user).__name__}")
-    if not user.is_floating_point():
-        raise PixprefError(f"user embedding must be a float tensor, got {user.dtype}")
+    if isinstance(user, (str, Path)):
+        user, _ = load_user_embedding(user, expected_dim=user_dim)
+    if not isinstance(user, torch.Tensor) or not user.is_floating_point():
+        raise PixprefError(f"user must be a float tensor or a USER.safetensors path, got {user!r:.80}")
+    user = check_embedding(user, expected_dim=user_dim)
     if user.ndim == 2:
         user = user[None]
-    if user.ndim != 3:
-        raise PixprefError(f"user embedding must have shape (T, D) or (N, T, D), got {tuple(user.shape)}")
-    if user.shape[-1] != user_dim:
-        raise PixprefError(f"user embedding has width {user.shape[-1]} but this scorer expects {user_dim}")
     if user.shape[0] not in (1, n):
         raise PixprefError(
             f"user embedding holds {user.shape[0]} users for {n} images; give one or one per image"
         )
-    if not bool(torch.isfinite(user).all()):
-        raise PixprefError("user embedding contains NaN or infinite values")
     return user.float().expand(n, -1, -1)
 
 
@@ -403,7 +383,7 @@ class PreferenceScorer:
             raise PixprefError(f"batch_size must be >= 1, got {batch_size}")
         users = None
         if PERSONAL in dims:
-            users = load_user_embedding(user, n, self.model.config.user_dim)
+            users = user_batch(user, n, self.model.config.user_dim)
         # 2. score in batches
         from tqdm.auto import tqdm
 

@@ -251,7 +251,7 @@ def relevance(
     sim = torch.einsum("bld,bcd->blc", F.normalize(prompt, dim=-1), F.normalize(cond, dim=-1))  # (B, L, C)
     sim = sim.masked_fill(~cond_valid[:, None, :], float("-inf"))
     rel = sim.amax(dim=-1).masked_fill(~prompt_valid, float("-inf"))  # (B, L)
-    top = rel.amax(dim=-1, keepdim=True).clamp_min(1e-6)  # (B, 1)
+    top = rel.amax().clamp_min(1e-6)  # (B, 1)
     return rel / top
 
 
@@ -511,10 +511,10 @@ def pairwise_loss(score_a: torch.Tensor, score_b: torch.Tensor, label: torch.Ten
 
 
 def pairwise_accuracy(score_a: torch.Tensor, score_b: torch.Tensor, label: torch.Tensor) -> float:
-    """Share of non-tied pairs (label != 0.5) where the higher score matches the label; nan if none."""
+    """Share of decided pairs (label != 0.5) ranked as labelled; equal scores count half. nan if none."""
     label = torch.as_tensor(label, device=score_a.device)
     decided = label != 0.5
     if not bool(decided.any()):
         return float("nan")
-    correct = (score_a > score_b) == (label > 0.5)
-    return correct[decided].float().mean().item()
+    agree = torch.where(score_a == score_b, 0.5, ((score_a > score_b) == (label > 0.5)).float())
+    return agree[decided].mean().item()

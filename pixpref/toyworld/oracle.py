@@ -48,8 +48,6 @@ _OUTLINE_VALUE = 0.16  # pixels darker than this (HSV value) inside the object r
 _TEXTURE_RANGE = (0.02, 0.10)  # mean pattern share inside the object -> texture 0 and 1
 _OUTLINE_RANGE = (0.15, 0.55)  # mean outline share in the ring around the object -> outline 0 and 1
 _MAX_BLUR = 1.5  # Gaussian blur sigma (pixels at 32 px) that maps to sharpness 0
-_AA_SIGMA = 0.45  # the renderer's own edge softness (anti-aliasing), as a Gaussian sigma in pixels
-_REBLUR = (0.8, 1.6)  # the two re-blurs used to measure blur
 _NOISE_SCALE = 0.2
 
 
@@ -135,7 +133,7 @@ def hue_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # -------------------------------------------------------------------------------------- shape templates
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _shape_geometry(shape: str) -> tuple[float, float, float]:
     """(area / r^2, centroid offset x / r, centroid offset y / r) of a shape drawn with radius r."""
     side, r = 1024, 300.0
@@ -180,45 +178,56 @@ def _match_shapes(obj: np.ndarray, cx: np.ndarray, cy: np.ndarray) -> tuple[list
     return names, radii, placements
 
 
+def _fit_sigma(tmpl: np.ndarray, cover: np.ndarray, grid: np.ndarray) -> tuple[float, float]:
+    """(sigma, amplitude) minimising ||amplitude * blur_sigma(tmpl) - cover||^2 over ``grid``.
+
+    The Gaussian blurs are applied together in the Fourier domain (the object sits away from the
+    border, so wrap-around does not matter)."""
+    h, w = tmpl.shape
+    fy, fx = np.fft.fftfreq(h)[:, None], np.fft.rfftfreq(w)[None, :]
+    gains = np.exp(-2 * np.pi**2 * grid[:, None, None] ** 2 * (fx**2 + fy**2))  # (S, H, W//2+1)
+    blurred = np.fft.irfft2(np.fft.rfft2(tmpl)[None] * gains, s=(h, w))  # (S, H, W)
+    bb = (blurred * blurred).sum((1, 2))
+    amps = (blurred * cover[None]).sum((1, 2)) / np.maximum(bb, 1e-9)
+    errs = ((amps[:, None, None] * blurred - cover[None]) ** 2).sum((1, 2))
+    j = int(np.argmin(errs))
+    sigma = float(grid[j])
+    if 0 < j < len(grid) - 1:  # parabolic refinement between grid points
+        e0, e1, e2 = errs[j - 1], errs[j], errs[j + 1]
+        den = e0 - 2 * e1 + e2
+        step = 0.5 * (e0 - e2) / den if den > 1e-12 else 0.0
+        sigma += float(np.clip(step, -0.5, 0.5)) * float(grid[1] - grid[0])
+    return sigma, float(amps[j])
+
+
 def _fit_blur(coverage: np.ndarray, placements: list, outlined: np.ndarray) -> np.ndarray:
     """Blur sigma (pixels) that best turns each matched crisp template into the measured coverage.
 
-    ``coverage`` ``(N, H, W)`` is the non-background share of each pixel; images without a matched
-    shape get :data:`_MAX_BLUR` (nothing sharp to see)."""
-    from scipy.ndimage import gaussian_filter
-
+    ``coverage`` ``(N, H, W)`` is the non-background share of each pixel. Blur keeps its mass and
+    centroid, so the crisp template is placed from those (mass divided by the fitted amplitude, which
+    absorbs an error in the estimated object colour). Images without a matched shape get
+    :data:`_MAX_BLUR` (nothing sharp to see)."""
     n, side, _ = coverage.shape
-    scale = side / 32.0
-    grid = np.linspace(0.0, 2.0, 21) * scale
-    out = np.full(n, _MAX_BLUR * scale)
+    grid = np.linspace(0.0, 2.0, 21) * side / 32.0
+    out = np.full(n, _MAX_BLUR * side / 32.0)
     yy, xx = np.mgrid[0:side, 0:side] + 0.5
     for i, place in enumerate(placements):
-        if place is None:
-            continue
-        # blur keeps the coverage's mass and centroid: place the crisp template from those
-        shape, _, _, r0 = place
-        c = np.clip(coverage[i], 0.0, 1.0)
+        c = np.clip(coverage[i], -1.0, 2.0)  # not clipped at 0 or 1: that would bias the mass under noise
         mass = c.sum()
-        if mass <= 0:
+        if place is None or mass <= 0:
             continue
+        shape, _, _, r0 = place
         mx, my = (c * xx).sum() / mass, (c * yy).sum() / mass
         _, ox, oy = _shape_geometry(shape)
         areas = [_template(shape, mx - ox * r, my - oy * r, r, side, bool(outlined[i])).sum()
                  for r in (r0, 1.1 * r0)]
         slope = (np.sqrt(areas[1]) - np.sqrt(areas[0])) / (0.1 * r0)
-        r = r0 + (np.sqrt(mass) - np.sqrt(areas[0])) / slope if slope > 0 else r0
-        r = float(np.clip(r, 0.5 * r0, 1.5 * r0))
-        tmpl = _template(shape, mx - ox * r, my - oy * r, r, side, outlined=bool(outlined[i]))
-        errs = np.array([np.mean(((gaussian_filter(tmpl, s, mode="nearest") if s > 0 else tmpl)
-                                  - coverage[i]) ** 2) for s in grid])
-        j = int(errs.argmin())
-        if 0 < j < len(grid) - 1:  # parabolic refinement between grid points
-            a, b, c = errs[j - 1], errs[j], errs[j + 1]
-            den = a - 2 * b + c
-            step = 0.5 * (a - c) / den if den > 1e-12 else 0.0
-            out[i] = grid[j] + np.clip(step, -0.5, 0.5) * (grid[1] - grid[0])
-        else:
-            out[i] = grid[j]
+        amp = 1.0
+        for _ in range(2):
+            r = r0 + (np.sqrt(mass / max(amp, 0.2)) - np.sqrt(areas[0])) / slope if slope > 0 else r0
+            r = float(np.clip(r, 0.5 * r0, 1.5 * r0))
+            tmpl = _template(shape, mx - ox * r, my - oy * r, r, side, outlined=bool(outlined[i]))
+            out[i], amp = _fit_sigma(tmpl, c, grid)
     return out
 
 
@@ -252,6 +261,9 @@ def _analyse(images: np.ndarray) -> tuple[dict[str, np.ndarray], list[str], list
 
     # 3. object's main colour: the lightest strongly coloured pixels (a pattern is a darker version)
     cand = full & (sat > 0.3) & (val > 0.12)
+    inner = _erode(full, max(1, round(scale))) & cand  # away from edges blurred into the background
+    has_inner = inner.reshape(n, -1).sum(1) >= 3
+    cand[has_inner] = inner[has_inner]
     v_hi = _masked_percentile(val, cand, 75, 2.0)[:, None, None]
     top = cand & (val >= v_hi - 1e-6)
     main = np.stack([_masked_percentile(xs[..., c], top, 50, np.nan) for c in range(3)], -1)  # (N, 3)
@@ -262,11 +274,11 @@ def _analyse(images: np.ndarray) -> tuple[dict[str, np.ndarray], list[str], list
     #    p - K = beta (B - K) + omega (O - K); a pattern pixel (0.55 O) has omega ~ 0.55
     k = np.asarray(OUTLINE_RGB, dtype=np.float32)
     basis = np.stack([bg - k, main - k], -1)  # (N, 3, 2)
-    gram = basis.transpose(0, 2, 1) @ basis + 1e-4 * np.eye(2)  # (N, 2, 2)
+    gram = basis.transpose(0, 2, 1) @ basis + 1e-5 * np.eye(2)  # (N, 2, 2)
     rhs = (xs - k).reshape(n, -1, 3) @ basis  # (N, HW, 2)
     coef = rhs @ np.linalg.inv(gram).transpose(0, 2, 1)  # (N, HW, 2)
     omega = coef[..., 1].reshape(n, h, w)
-    kappa = np.clip(1.0 - coef[..., 0] - coef[..., 1], 0.0, 1.0).reshape(n, h, w)
+    kappa = (1.0 - coef[..., 0] - coef[..., 1]).reshape(n, h, w)  # not clipped: its means stay unbiased
     omega[~found] = 0.0
     kappa[~found] = 0.0
     obj = omega > 0.4  # object (with its pattern) without its outline
@@ -285,7 +297,7 @@ def _analyse(images: np.ndarray) -> tuple[dict[str, np.ndarray], list[str], list
     obj_light = _masked_percentile(light, core, 75, 0.0)
     obj_sat = _masked_percentile(sat, core, 75, 0.0)
     colours = _detect_colour(hue, sat, val, core & (sat > 0.25))
-    colours = [c if s != NONE else NONE for c, s in zip(colours, shapes)]
+    colours = [c if s != NONE else NONE for c, s in zip(colours, shapes, strict=True)]
 
     # 7. texture: the pattern is a darker shade of the main colour, i.e. part outline-black in the unmixing
     tex = _masked_mean(kappa, core, 0.0)
@@ -319,37 +331,6 @@ def _analyse(images: np.ndarray) -> tuple[dict[str, np.ndarray], list[str], list
     feats = {k: np.clip(np.nan_to_num(v.astype(np.float64), nan=0.0), 0.0, 1.0) for k, v in feats.items()}
     feats["bg_hue"] = feats["bg_hue"] % 1.0
     return feats, colours, shapes
-
-
-@functools.lru_cache(maxsize=None)
-def _noise_gain(sigma: float) -> float:
-    """Mean squared gradient per pixel and channel of unit white noise after a Gaussian blur ``sigma``."""
-    z = np.random.default_rng(0).normal(size=(1, 256, 256))
-    gy, gx = np.gradient(_smooth(z, sigma)[0, 16:-16, 16:-16])
-    return float(np.mean(gx**2 + gy**2))
-
-
-def _blur_sigma(x: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    """Estimate the Gaussian blur (sigma, pixels) of each image by re-blurring it.
-
-    Every edge of an image blurred by ``s`` loses gradient energy under a further Gaussian blur ``r`` as
-    E(r) ~ 1 / sqrt(s^2 + r^2), whatever its contrast or length, so the ratio of the energies after two
-    re-blurs gives ``s``. The expected energy of the measured pixel noise is subtracted first. The
-    renderer's own anti-aliasing (:data:`_AA_SIGMA`) is removed, so a crisp render gives about 0.
-    """
-    ra, rb = (r * x.shape[1] / 32.0 for r in _REBLUR)
-    energies = []
-    for r in (ra, rb):
-        gy, gx = np.gradient(_smooth(x, r), axis=(1, 2))
-        e = (gx**2 + gy**2).reshape(len(x), -1).sum(1)  # (N,)
-        e = e - noise**2 * _noise_gain(r) * 3 * x.shape[1] * x.shape[2]
-        energies.append(e)
-    ea, eb = energies
-    ratio = np.clip(eb / np.maximum(ea, 1e-9), 1e-3, 0.999)
-    ratio[ea <= 1e-6] = 0.999
-    s2 = (ratio**2 * rb**2 - ra**2) / (1.0 - ratio**2)
-    aa = _AA_SIGMA * x.shape[1] / 32.0
-    return np.sqrt(np.clip(s2 - aa**2, 0.0, None))
 
 
 def _detect_colour(hue: np.ndarray, sat: np.ndarray, val: np.ndarray, mask: np.ndarray) -> list[str]:
@@ -411,4 +392,4 @@ def prompt_adherence(images: np.ndarray, prompts: Sequence[str] | str) -> np.nda
         raise PixprefError(f"got {n} images but {len(prompts)} prompts")
     wanted = [parse_prompt(p) for p in prompts]
     colours, shapes = detect(images)
-    return np.array([(c, s) == w for c, s, w in zip(colours, shapes, wanted)], dtype=bool)
+    return np.array([(c, s) == w for c, s, w in zip(colours, shapes, wanted, strict=True)], dtype=bool)

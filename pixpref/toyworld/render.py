@@ -19,11 +19,11 @@ SUPERSAMPLE = 4
 # shade -> (saturation, value) in HSV for the object's main colour
 SHADE_SV = {"pastel": (0.42, 1.0), "vivid": (0.92, 0.95), "dark": (0.92, 0.48)}
 TEXTURE_VALUE_FACTOR = 0.55  # stripes/dots are the same hue at this fraction of the value
-OUTLINE_RGB = (0.05, 0.05, 0.05)
+OUTLINE_RGB = (0.0, 0.0, 0.0)
 OUTLINE_WIDTH = 0.035  # fraction of the image side
 # scene.bg_lightness in [0, 1] maps onto this HLS lightness range: the background keeps a visible hue
 # (and a dark outline stays visible) even at the extremes
-BG_LIGHTNESS_RANGE = (0.1, 0.9)
+BG_LIGHTNESS_RANGE = (0.15, 0.9)
 
 
 def object_rgb(colour: str, shade: str) -> tuple[float, float, float]:
@@ -76,9 +76,10 @@ def shape_mask(shape: str, cx: float, cy: float, r: float, side: int) -> np.ndar
 
 def grow_mask(mask: np.ndarray, side: int) -> np.ndarray:
     """``mask`` grown by the outline width (a ``side`` x ``side`` supersampled canvas)."""
+    from scipy.ndimage import maximum_filter
+
     width = max(2, round(side * OUTLINE_WIDTH))
-    grown = Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(2 * width + 1))
-    return np.asarray(grown) > 127
+    return maximum_filter(mask, size=2 * width + 1, mode="constant", cval=False)
 
 
 def render(scene: Scene, size: int = 32, rng: np.random.Generator | None = None) -> np.ndarray:

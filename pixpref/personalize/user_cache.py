@@ -1,0 +1,51 @@
+"""Build the per-chunk user-embedding cache for training, from the VLM (PPD) or, in the toy world, from
+each user's true utility weights (the upper bound of what any embedding could tell the model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pixpref.errors import PixprefError
+from pixpref.personalize.embeddings import UserEmbeddingCache, precompute_cache
+
+
+def oracle_embeddings(users_file: str | Path) -> dict[str, torch.Tensor]:
+    """user id -> (1, W) true utility weights of the toy world's synthetic users."""
+    from pixpref.toyworld.users import load_users
+
+    if not users_file:
+        raise PixprefError("user.source=oracle needs user.users_file (the toy world's users.json)")
+    return {str(u.id): torch.as_tensor(u.weights_vector(), dtype=torch.float32)[None] for u in load_users(users_file)}
+
+
+def build_user_cache(user_cfg: Any, arrays: Any, chunks: list, path: Path, accelerator: Any = None) -> UserEmbeddingCache:
+    """Encode every few-shot chunk once and write the cache to ``path`` (atomically)."""
+    meta = {"source": user_cfg.source, "vlm": user_cfg.vlm, "pooling": user_cfg.pooling}
+    if user_cfg.source == "oracle":
+        if accelerator is not None and not accelerator.is_main_process:
+            return None
+        from safetensors.torch import save_file
+
+        from pixpref.io_utils import atomic_path
+
+        weights = oracle_embeddings(user_cfg.users_file)
+        missing = sorted({c.user_id for c in chunks} - set(weights))
+        if missing:
+            raise PixprefError(f"users {missing[:5]} have pairs but are not in {user_cfg.users_file}")
+        tensors = {UserEmbeddingCache.key(c.user_id, c.chunk): weights[c.user_id].contiguous() for c in chunks}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+        return UserEmbeddingCache(tensors, meta)
+
+    from pixpref.personalize.user_encoder import UserEncoder, UserEncoderConfig
+
+    enc_cfg = UserEncoderConfig(vlm=user_cfg.vlm, pooling=user_cfg.pooling, generate_tokens=user_cfg.generate_tokens,
+                                max_pairs=max(8, max(len(c.indices) for c in chunks)),
+                                batch_size=user_cfg.encode_batch_size)
+    device = accelerator.device if accelerator is not None else "cpu"
+    encoder = UserEncoder.from_pretrained(user_cfg.vlm, enc_cfg, device=str(device))
+    items = [(c.user_id, c.chunk, arrays.pairs(c.indices)) for c in chunks]
+    return precompute_cache(encoder, items, path, meta, accelerator=accelerator if accelerator and accelerator.num_processes > 1 else None)

@@ -1,0 +1,169 @@
+"""Synthetic users: utilities from pixels, Bradley-Terry choices, populations, files, pairs data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pixpref.data.pickapic import PICKAPIC_COLUMNS
+from pixpref.errors import PixprefError
+from pixpref.toyworld.oracle import measure, parse_prompt
+from pixpref.toyworld.pairs import iter_user_rows, write_pairs
+from pixpref.toyworld.render import render
+from pixpref.toyworld.scene import Scene
+from pixpref.toyworld.users import (
+    ARCHETYPES,
+    USER_FEATURES,
+    Term,
+    User,
+    basis,
+    basis_names,
+    load_users,
+    sample_population,
+    save_users,
+    split_users,
+)
+
+
+def _images(rng, n=40):
+    from pixpref.toyworld.scene import sample_scene
+
+    return np.stack([render(sample_scene(rng)) for _ in range(n)])
+
+
+def test_population_is_reproducible_sparse_and_split():
+    a, b = sample_population(60, seed=3), sample_population(60, seed=3)
+    assert [u.to_dict() for u in a] == [u.to_dict() for u in b]
+    assert [u.to_dict() for u in a] != [u.to_dict() for u in sample_population(60, seed=4)]
+    assert [u.id for u in a] == list(range(60))
+    assert all(1 <= len(u.terms) <= 3 for u in a if u.archetype is None)
+    kinds = {t.kind for u in a for t in u.terms}
+    assert kinds == {"linear", "ideal"}
+    assert {u.archetype for u in a if u.archetype} <= set(ARCHETYPES)
+    assert sum(u.archetype is not None for u in a) == 15
+    train, unseen = split_users(a)
+    assert len(unseen) == 12 and len(train) == 48
+    assert not {u.id for u in train} & {u.id for u in unseen}
+
+
+def test_utility_from_images_equals_basis_times_weights():
+    rng = np.random.default_rng(0)
+    images = _images(rng)
+    feats = measure(images)
+    phi = basis(feats)
+    assert phi.shape == (40, len(basis_names()))
+    for user in sample_population(25, seed=1):
+        u = user.utility(images)
+        np.testing.assert_allclose(u, user.utility(feats))
+        lin = phi @ user.weights_vector()
+        # equal up to a per-user constant
+        np.testing.assert_allclose(u - u.mean(), lin - lin.mean(), atol=1e-9)
+        assert user.weights_vector().shape == (len(basis_names()),)
+
+
+def test_archetypes_prefer_what_they_say():
+    plain_small_light = render(Scene("circle", "red", size=0.13, bg_lightness=0.95, shade="pastel"))
+    big_vivid_dark = render(Scene("circle", "red", size=0.29, bg_lightness=0.05, shade="vivid",
+                                  texture="stripes"))
+    mini = User(0, ARCHETYPES["minimalist"], temperature=0.05)
+    bold = User(1, ARCHETYPES["bold"], temperature=0.05)
+    rng = np.random.default_rng(0)
+    assert mini.prefers(plain_small_light, big_vivid_dark, rng) == 1.0
+    assert bold.prefers(plain_small_light, big_vivid_dark, rng) == 0.0
+
+
+def test_bradley_terry_rates_and_ties():
+    user = User(0, (Term("size", "linear", 2.0),), temperature=0.5)
+    rng = np.random.default_rng(0)
+    n = 20000
+    u_a, u_b = np.full(n, 1.0), np.zeros(n)
+    labels = user.choose(u_a, u_b, rng)
+    expected = 1 / (1 + np.exp(-1.0 / 0.5))
+    assert abs(labels.mean() - expected) < 0.015
+    assert set(np.unique(user.choose(u_a, u_a + 0.01, rng, tie_margin=0.05))) == {0.5}
+    colder = User(0, user.terms, temperature=0.05).choose(u_a, u_b, rng)
+    assert colder.mean() > 0.999
+
+
+def test_users_file_round_trip_and_errors(tmp_path):
+    users = sample_population(7, seed=2)
+    path = save_users(users, tmp_path / "users.json", meta={"seed": 2})
+    loaded = load_users(path)
+    assert [u.to_dict() for u in loaded.users] == [u.to_dict() for u in users]
+    assert loaded.meta == {"seed": 2}
+    with pytest.raises(PixprefError, match="already exists"):
+        save_users(users, path)
+    doc = json.loads(path.read_text())
+    doc["users"][0]["terms"][0]["feature"] = "sparkle"
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    with pytest.raises(PixprefError, match="valid options: .*bg_lightness"):
+        load_users(tmp_path / "bad.json")
+    with pytest.raises(PixprefError, match="circular"):
+        Term("bg_hue", "linear", 1.0)
+    with pytest.raises(PixprefError, match="valid options"):
+        Term("size", "quadratic", 1.0)
+    assert set(USER_FEATURES) <= set(measure(render(Scene("star", "red"))))
+
+
+def test_pairs_rows_share_content_and_follow_the_user():
+    user = User(5, (Term("size", "linear", 4.0),), temperature=0.05)
+    rows = list(iter_user_rows(user, 30, seed=0, tie_margin=0.0))
+    assert len(rows) == 30
+    agree = 0
+    for row in rows:
+        colour, shape = parse_prompt(row["caption"])
+        from pixpref.toyworld.oracle import detect
+
+        cols, shapes = detect(np.stack([row["jpg_0"], row["jpg_1"]]))
+        assert cols == [colour, colour] and shapes == [shape, shape]
+        s0, s1 = measure(np.stack([row["jpg_0"], row["jpg_1"]]))["size"]
+        agree += (row["label_0"] == 1.0) == (s0 > s1)
+        assert row["user_id"] == 5 and row["label_0"] + row["label_1"] == 1.0
+    assert agree >= 27
+    again = list(iter_user_rows(user, 30, seed=0, tie_margin=0.0))
+    assert all((a["jpg_0"] == b["jpg_0"]).all() and a["label_0"] == b["label_0"] for a, b in zip(rows, again, strict=True))
+
+
+def test_write_pairs_schema_shards_and_image_source(tmp_path):
+    users = sample_population(4, seed=0, unseen_fraction=0.25)
+    calls = []
+
+    def source(prompt, n, rng):
+        calls.append(prompt)
+        colour, shape = parse_prompt(prompt)
+        return np.stack([render(Scene(shape, colour, size=float(rng.uniform(0.12, 0.3)))) for _ in range(n)])
+
+    out = tmp_path / "pairs"
+    manifest = write_pairs(out, users, 5, seed=1, shard_rows=4, image_source=source, model_name="toy-model",
+                           tie_margin=0.0)
+    assert len(calls) == 20
+    files = sorted(p.name for p in out.glob("*.parquet"))
+    assert files == ["train-00000-of-00004.parquet", "train-00001-of-00004.parquet",
+                     "train-00002-of-00004.parquet", "train-00003-of-00004.parquet",
+                     "unseen-00000-of-00002.parquet", "unseen-00001-of-00002.parquet"]
+    table = pq.read_table(sorted(out.glob("train-*.parquet"))[0])
+    assert tuple(table.column_names) == PICKAPIC_COLUMNS
+    row = table.slice(0, 1).to_pylist()[0]
+    assert row["model_0"] == "toy-model" and row["jpg_0"][:8] == b"\x89PNG\r\n\x1a\n"
+    assert row["best_image_uid"] in (row["image_0_uid"], row["image_1_uid"])
+    assert sum(manifest["files"].values()) == 20
+    assert [u.to_dict() for u in load_users(out / "users.json").users] == [u.to_dict() for u in users]
+    with pytest.raises(PixprefError, match="already exists"):
+        write_pairs(out, users, 5, seed=1)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(PixprefError, match="refusing to replace"):
+        write_pairs(out, users, 5, seed=1, overwrite=True)
+
+
+def test_bad_image_source_leaves_nothing_behind(tmp_path):
+    users = sample_population(2, seed=0)
+
+    def bad(prompt, n, rng):
+        return np.zeros((n, 32, 32, 3), dtype=np.float32)
+
+    with pytest.raises(PixprefError, match="expected uint8"):
+        write_pairs(tmp_path / "p", users, 2, seed=0, image_source=bad)
+    assert list(tmp_path.iterdir()) == []

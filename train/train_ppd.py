@@ -1,0 +1,291 @@
+"""Personalized preference fine-tuning (PPD stage 2): train the user cross-attention adapter with
+Diffusion-DPO, DDIM-InPO or SFT, conditioned on VLM user embeddings.
+
+    # toy world, CPU
+    accelerate launch --config_file configs/accelerate/cpu.yaml train/train_ppd.py --config configs/toy/ppd_dpo.yaml
+    # SD 1.5 on Pick-a-Pic v2, GPUs
+    accelerate launch --config_file configs/accelerate/multi_gpu.yaml train/train_ppd.py --config configs/sd15/ppd_dpo.yaml
+    # resume after an interruption
+    ... train/train_ppd.py --config ... --resume latest
+
+Order: accelerator + seed -> base model, frozen -> data and few-shot contexts -> user-embedding cache
+(the VLM runs once per chunk) -> adapter (+ optional LoRA) -> optimizer -> prepare -> save/load hooks
+-> resume -> loop (counting and checkpoints on sync steps) -> final adapter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="YAML config (see configs/toy/ppd_dpo.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set train.lr=1e-5 (repeatable)")
+    p.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = parse_args(argv)
+    from pixpref.errors import PixprefError
+
+    try:
+        return train(args)
+    except PixprefError as e:
+        print(f"train_ppd: error: {e}", file=sys.stderr)
+        return 2
+
+
+def train(args) -> int:
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+    from tqdm.auto import tqdm
+
+    from pixpref.config import load_config, save_config
+    from pixpref.data.fewshot import split_users
+    from pixpref.errors import PixprefError
+    from pixpref.models.diffusion import load_pipeline
+    from pixpref.personalize.adapter import UserAdapter, UserAdapterConfig
+    from pixpref.personalize.conditioning import encode_text, images_to_tensor, to_latents
+    from pixpref.personalize.dataset import load_pairs, plan_contexts, sample_batch, step_generator
+    from pixpref.personalize.embeddings import UserEmbeddingCache
+    from pixpref.personalize.losses import get_loss
+    from pixpref.personalize.train_config import PPDConfig
+    from pixpref.personalize.trainer import PairBatch, PersonalizedUNet, preference_loss
+    from pixpref.personalize.user_cache import build_user_cache
+
+    cfg = load_config(args.config, PPDConfig, args.overrides)
+    tc = cfg.train
+    out_dir = Path(tc.output_dir)
+    loss_spec = get_loss(tc.loss)
+    beta = tc.beta if tc.beta is not None else loss_spec.default_beta
+
+    # 1. accelerator and seed
+    trackers = None if tc.report_to == "none" else tc.report_to
+    if trackers == "wandb":
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise PixprefError("train.report_to=wandb but wandb is not installed; pip install wandb or use tensorboard") from None
+    accelerator = Accelerator(
+        gradient_accumulation_steps=tc.gradient_accumulation_steps,
+        mixed_precision=tc.mixed_precision,
+        log_with=trackers,
+        project_config=ProjectConfiguration(
+            project_dir=str(out_dir), logging_dir=str(out_dir / "logs"),
+            automatic_checkpoint_naming=True, total_limit=tc.checkpoints_total_limit,
+        ),
+    )
+    set_seed(tc.seed)
+    device = accelerator.device
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+
+    # 2. base model, frozen; the frozen parts are cast to the compute dtype
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    pipe = load_pipeline(cfg.model.base)
+    pipe.set_progress_bar_config(disable=True)
+    for name in ("unet", "text_encoder", "text_encoder_2", "vae"):
+        module = getattr(pipe, name, None)
+        if module is not None:
+            module.requires_grad_(False).eval().to(device, dtype=weight_dtype)
+    unet, scheduler = pipe.unet, pipe.scheduler
+    if tc.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        unet.train()  # diffusers only checkpoints in training mode; no dropout in these UNets is trained
+
+    # 3. data: seen users only, few-shot contexts from a different chunk of the same user
+    from pixpref.data.pairs import iter_meta
+
+    metas = list(iter_meta(cfg.data.path, cfg.data.format, cfg.data.tie_policy, cfg.data.batch_rows))
+    seen, unseen = split_users({m.user_id for m in metas}, cfg.data.unseen_user_fraction, cfg.data.seed)
+    arrays, read_stats = load_pairs(cfg.data, users=set(seen))
+    plan = plan_contexts(arrays, cfg.data.k, cfg.data.max_chunks_per_user, cfg.data.seed)
+    if accelerator.is_main_process:
+        (out_dir / "split.json").write_text(json.dumps({"seen_users": sorted(seen), "unseen_users": sorted(unseen)}))
+        accelerator.print(
+            f"pairs {len(arrays)} from {len(seen)} seen users ({len(unseen)} unseen held out); "
+            f"{len(plan.chunks)} context chunks of k={cfg.data.k}; {plan.rows_without_context} pairs without "
+            f"a context chunk; skipped rows: {read_stats.to_dict()['skipped']}"
+        )
+
+    # 4. user embeddings, computed once per chunk and cached
+    cache_path = Path(cfg.user.cache) if cfg.user.cache else out_dir / "user_embeddings.safetensors"
+    if not cache_path.exists():
+        build_user_cache(cfg.user, arrays, plan.chunks, cache_path, accelerator=accelerator)
+    accelerator.wait_for_everyone()
+    cache = UserEmbeddingCache.load(cache_path)
+    num_tokens, embed_dim = cache.shape
+    chunk_embeddings = torch.stack([cache.get(c.user_id, c.chunk) for c in plan.chunks])  # (n_chunks, T, D)
+
+    # 5. adapter (+ optional LoRA on the UNet's attention projections)
+    if tc.lora_rank > 0:
+        from peft import LoraConfig
+
+        unet.add_adapter(LoraConfig(r=tc.lora_rank, lora_alpha=tc.lora_rank, init_lora_weights="gaussian",
+                                    target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+        for p in unet.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+    adapter = UserAdapter(
+        UserAdapterConfig(embed_dim=embed_dim, num_tokens=num_tokens, num_out_tokens=cfg.adapter.num_out_tokens,
+                          init=cfg.adapter.init, pos_embed=cfg.adapter.pos_embed),
+        unet,
+    ).to(device)
+    model = PersonalizedUNet(unet, adapter)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    # 6. optimizer, warm-up then constant learning rate
+    optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2), weight_decay=tc.weight_decay)
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, tc.warmup_steps)))
+    model, optimizer, lr_schedule = accelerator.prepare(model, optimizer, lr_schedule)
+
+    # 7. checkpoints hold only what trains (the adapter, and LoRA weights if any) plus optimizer state
+    def save_hook(models, weights, output_dir):
+        if accelerator.is_main_process:
+            inner = accelerator.unwrap_model(models[0])
+            inner.adapter.save_pretrained(Path(output_dir) / "user_adapter")
+            if tc.lora_rank > 0:
+                from peft.utils import get_peft_model_state_dict
+                from safetensors.torch import save_file
+
+                save_file(get_peft_model_state_dict(inner.unet), str(Path(output_dir) / "unet_lora.safetensors"))
+        weights.clear()
+
+    def load_hook(models, input_dir):
+        inner = accelerator.unwrap_model(models.pop())
+        loaded = UserAdapter.from_pretrained(Path(input_dir) / "user_adapter", inner.unet)
+        inner.adapter.load_state_dict(loaded.state_dict())
+        if tc.lora_rank > 0:
+            from peft.utils import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            set_peft_model_state_dict(inner.unet, load_file(str(Path(input_dir) / "unet_lora.safetensors")))
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+    # 8. resume
+    global_step = 0
+    ckpt_root = out_dir / "checkpoints"
+    if args.resume:
+        if args.resume == "latest":
+            found = sorted(ckpt_root.glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[-1])) if ckpt_root.exists() else []
+            found = [p for p in found if (p / "step.json").exists()]  # only complete checkpoints
+            resume_dir = found[-1] if found else None
+        else:
+            resume_dir = Path(args.resume)
+            if not (resume_dir / "step.json").exists():
+                raise PixprefError(f"{resume_dir} is not a complete pixpref checkpoint (no step.json)")
+        if resume_dir is not None:
+            accelerator.load_state(str(resume_dir))
+            global_step = json.loads((resume_dir / "step.json").read_text())["step"]
+            accelerator.project_configuration.iteration = int(resume_dir.name.split("_")[-1]) + 1
+            accelerator.print(f"resumed from {resume_dir} at step {global_step}")
+        else:
+            accelerator.print("no checkpoint to resume from; starting at step 0")
+
+    # 9. loop
+    if accelerator.is_main_process and trackers:
+        accelerator.init_trackers("pixpref-ppd", config={k: v for k, v in vars(tc).items() if v is not None})
+    text_cache: dict[str, tuple[torch.Tensor, dict | None]] = {}
+
+    def text_for(prompts):
+        missing = [p for p in dict.fromkeys(prompts) if p not in text_cache]
+        if missing:
+            emb, added = encode_text(pipe, missing, device)
+            for i, p in enumerate(missing):
+                text_cache[p] = (emb[i], None if added is None else {k: v[i] for k, v in added.items()})
+        emb = torch.stack([text_cache[p][0] for p in prompts])
+        added = None if text_cache[prompts[0]][1] is None else {
+            k: torch.stack([text_cache[p][1][k] for p in prompts]) for k in text_cache[prompts[0]][1]}
+        return emb, added
+
+    log_path = out_dir / "train_log.jsonl"
+    nonfinite_in_row, skipped_steps = 0, 0
+    t_start = time.time()
+    timestep_range = (tc.timestep_min, tc.timestep_max or scheduler.config.num_train_timesteps)
+    progress = tqdm(total=tc.max_steps, initial=global_step, desc=f"ppd-{tc.loss}", disable=not accelerator.is_local_main_process)
+    while global_step < tc.max_steps:
+        for micro in range(tc.gradient_accumulation_steps):
+            gen = step_generator(tc.seed, global_step * tc.gradient_accumulation_steps + micro, accelerator.process_index)
+            rows, ctx = sample_batch(plan, tc.batch_size, gen)
+            with accelerator.accumulate(model):
+                text, added = text_for([arrays.prompts[r] for r in rows])
+                x0_w = to_latents(pipe, images_to_tensor(arrays.chosen[rows]).to(device, weight_dtype))
+                x0_l = to_latents(pipe, images_to_tensor(arrays.rejected[rows]).to(device, weight_dtype))
+                batch = PairBatch(x0_w, x0_l, text, chunk_embeddings[ctx].to(device),
+                                  torch.from_numpy(arrays.labels[rows]).to(device), added)
+                with accelerator.autocast():
+                    loss, metrics = preference_loss(
+                        model, batch, loss_spec, scheduler, gen, beta=beta, user_dropout=tc.user_dropout,
+                        inversion_steps=tc.inversion_steps, inversion_eta=tc.inversion_eta,
+                        timestep_range=timestep_range,
+                    )
+                finite = accelerator.gather(torch.isfinite(loss.detach()).float().reshape(1)).min().item() > 0
+                if finite:
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(params, tc.max_grad_norm)
+                    optimizer.step()
+                    lr_schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+        if not finite:
+            nonfinite_in_row += 1
+            skipped_steps += 1
+            accelerator.print(f"step {global_step}: non-finite loss, step skipped ({nonfinite_in_row} in a row)")
+            if nonfinite_in_row >= tc.max_nonfinite_steps:
+                raise PixprefError(
+                    f"aborting: {nonfinite_in_row} non-finite losses in a row (train.max_nonfinite_steps); "
+                    "lower train.lr or train.beta, or check the data"
+                )
+        else:
+            nonfinite_in_row = 0
+        global_step += 1
+        progress.update(1)
+        if accelerator.is_main_process and (global_step % tc.log_every == 0 or global_step == tc.max_steps):
+            logs = {k: float(v) for k, v in metrics.items()}
+            logs.update(loss=float(loss.detach()), lr=lr_schedule.get_last_lr()[0], step=global_step,
+                        wall=time.time() - t_start, skipped_steps=skipped_steps)
+            progress.set_postfix(loss=f"{logs['loss']:.4f}", acc=f"{logs.get('implicit_acc', float('nan')):.2f}")
+            with open(log_path, "a") as f:
+                f.write(json.dumps(logs) + "\n")
+            if trackers:
+                accelerator.log(logs, step=global_step)
+        if global_step % tc.checkpoint_every == 0 or global_step == tc.max_steps:
+            accelerator.wait_for_everyone()
+            ckpt = accelerator.save_state()
+            if accelerator.is_main_process:  # written last: marks the checkpoint complete
+                (Path(ckpt) / "step.json").write_text(json.dumps({"step": global_step}))
+        if tc.validate_every and accelerator.is_main_process and global_step % tc.validate_every == 0:
+            from pixpref.personalize.validation import validation_grid
+
+            validation_grid(accelerator.unwrap_model(model), pipe, arrays, plan, chunk_embeddings,
+                            out_dir / "validation" / f"step_{global_step:06d}.png", tc)
+    progress.close()
+
+    # 10. final adapter
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final = accelerator.unwrap_model(model)
+        final.adapter.save_pretrained(out_dir / "adapter")
+        accelerator.print(f"saved the adapter to {out_dir / 'adapter'} after {global_step} steps "
+                          f"({time.time() - t_start:.0f} s, {skipped_steps} skipped)")
+    accelerator.end_training()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
