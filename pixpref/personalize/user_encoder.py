@@ -27,8 +27,7 @@ import torch
 from PIL import Image
 
 from pixpref.errors import PixprefError, unknown_name
-
-POOLINGS = ("last_token_all_layers", "last_token_last_layer", "mean_last_layer")
+from pixpref.personalize.names import POOLINGS
 
 PREAMBLE = "You will be shown a few examples of preferred and dispreferred images."
 PAIR_TEMPLATE = "Prompt: {prompt}\nPreferred: {image}\nDispreferred: {image}\n"

@@ -246,23 +246,23 @@ def generate_captions(model: Any, processor: Any, images: np.ndarray, batch_size
 
 
 def caption_accuracy(model: Any, processor: Any, scenes: list[Scene], size: int = 32) -> dict[str, Any]:
-    """Per-attribute accuracy of greedy captions; a malformed caption counts wrong on every attribute."""
+    """Per-attribute accuracy of greedy captions; a malformed caption counts wrong on every attribute.
+
+    Returns ``n``, ``parsed`` (fraction of well-formed captions), ``accuracy`` (attribute -> fraction),
+    ``captions`` and ``hits`` (per scene: attribute -> 0/1).
+    """
     from pixpref.toyworld.render import render_batch
 
     captions = generate_captions(model, processor, render_batch(scenes, size))
-    hits = {a: 0 for a in ATTRIBUTES}
-    parsed_ok = 0
+    per_scene = []
     for scene, text in zip(scenes, captions):
         got = parse_caption(text)
-        if got is None:
-            continue
-        parsed_ok += 1
         want = true_attributes(scene)
-        for a in ATTRIBUTES:
-            hits[a] += int(got[a] == want[a])
+        per_scene.append({a: int(got is not None and got[a] == want[a]) for a in ATTRIBUTES})
     n = max(1, len(scenes))
-    acc = {a: hits[a] / n for a in ATTRIBUTES}
-    return {"n": len(scenes), "parsed": parsed_ok / n, "accuracy": acc, "captions": captions}
+    acc = {a: sum(h[a] for h in per_scene) / n for a in ATTRIBUTES}
+    parsed = sum(parse_caption(t) is not None for t in captions) / n
+    return {"n": len(scenes), "parsed": parsed, "accuracy": acc, "captions": captions, "hits": per_scene}
 
 
 def held_out_scenes(n: int, seed: int) -> list[Scene]:

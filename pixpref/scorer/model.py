@@ -251,7 +251,7 @@ def relevance(
     sim = torch.einsum("bld,bcd->blc", F.normalize(prompt, dim=-1), F.normalize(cond, dim=-1))  # (B, L, C)
     sim = sim.masked_fill(~cond_valid[:, None, :], float("-inf"))
     rel = sim.amax(dim=-1).masked_fill(~prompt_valid, float("-inf"))  # (B, L)
-    top = rel.amax().clamp_min(1e-6)  # (B, 1)
+    top = rel.amax(dim=-1, keepdim=True).clamp_min(1e-6)  # (B, 1)
     return rel / top
 
 
@@ -320,7 +320,7 @@ class ScorerModel(nn.Module):
     def _set_trainable(self) -> None:
         cfg = self.config
         for p in self.clip.parameters():
-            p.requires_grad_(not cfg.freeze_backbone)
+            p.requires_grad_(True)
         self.clip.logit_scale.requires_grad_(False)  # unused: the scorer has its own logit_scale
         if cfg.freeze_backbone and cfg.unfreeze_last_blocks:
             n = cfg.unfreeze_last_blocks

@@ -45,7 +45,7 @@ NONE = "none"
 
 _MIN_OBJECT_PIXELS = 4  # at 32 x 32; scaled with the image area
 _OUTLINE_VALUE = 0.16  # pixels darker than this (HSV value) inside the object region count as outline
-_TEXTURE_RANGE = (0.02, 0.10)  # mean pattern share inside the object -> texture 0 and 1
+_TEXTURE_RANGE = (0.004, 0.04)  # mean pattern share inside the object -> texture 0 and 1
 _OUTLINE_RANGE = (0.15, 0.55)  # mean outline share in the ring around the object -> outline 0 and 1
 _MAX_BLUR = 1.5  # Gaussian blur sigma (pixels at 32 px) that maps to sharpness 0
 _NOISE_SCALE = 0.2

@@ -1,0 +1,50 @@
+"""``pixpref embed-user``: a user's few pairwise choices (JSONL folder format) -> USER.safetensors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def read_user_pairs(path: str, image_size: int | None = None) -> list[tuple[str, object, object]]:
+    """(prompt, chosen, rejected) examples from a JSONL pair file; ties cannot express a preference."""
+    from pixpref.data.jsonl import iter_jsonl
+    from pixpref.errors import PixprefError
+
+    pairs = [(p.prompt, p.chosen, p.rejected) for p in iter_jsonl(path, tie_policy="drop", size=image_size)]
+    if not pairs:
+        raise PixprefError(f"{path} holds no strict preferences (ties are skipped); a user needs at least one")
+    return pairs
+
+
+def _cmd_embed_user(args: argparse.Namespace) -> int:
+    from pixpref.io_utils import check_output_path
+    from pixpref.personalize.embeddings import save_user_embedding
+    from pixpref.personalize.user_encoder import UserEncoder, UserEncoderConfig
+
+    check_output_path(args.out, args.overwrite)
+    config = UserEncoderConfig(vlm=args.vlm, pooling=args.pooling, max_pairs=args.max_pairs)
+    pairs = read_user_pairs(args.pairs, image_size=args.image_size)
+    encoder = UserEncoder.from_pretrained(args.vlm, config)
+    emb = encoder.encode_one(pairs)
+    save_user_embedding(args.out, emb, {"vlm": args.vlm, "pooling": args.pooling, "num_pairs": len(pairs)})
+    print(json.dumps({"out": str(args.out), "shape": list(emb.shape), "pairs": len(pairs)}))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from pixpref.personalize.names import POOLINGS
+
+    p = subparsers.add_parser(
+        "embed-user", help="encode a user's pairwise choices into a user embedding",
+        description="Run the VLM over a user's examples (JSONL: prompt, chosen, rejected) and write the "
+                    "user embedding as safetensors.",
+    )
+    p.add_argument("--pairs", required=True, help="JSONL pair file (image paths relative to it)")
+    p.add_argument("--out", required=True, help="output USER.safetensors")
+    p.add_argument("--vlm", default="toy", help="'toy' (shipped) or a local VLM folder")
+    p.add_argument("--pooling", default="last_token_all_layers", choices=POOLINGS)
+    p.add_argument("--max-pairs", type=int, default=8, help="most examples read in one prompt")
+    p.add_argument("--image-size", type=int, default=32, help="images are resized to this (toy: 32)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.set_defaults(func=_cmd_embed_user)
