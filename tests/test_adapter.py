@@ -205,6 +205,17 @@ def test_save_load_round_trip_and_mismatch_errors(case, tmp_path):
         loaded.remove(unet)
     assert torch.equal(got, expected)
 
+    from safetensors.torch import load_file
+
+    adapter.save_pretrained(tmp_path / "half", dtype=torch.float16)  # shipping format
+    assert all(
+        v.dtype == torch.float16 for v in load_file(tmp_path / "half" / "user_adapter.safetensors").values()
+    )
+    half = UserAdapter.from_pretrained(tmp_path / "half", unet)
+    assert all(p.dtype == torch.float32 for p in half.parameters())
+    for (name, a), (_, b) in zip(adapter.state_dict().items(), half.state_dict().items()):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-4), name
+
     other_width = make_unet(kind, cross_attention_dim=48)
     with pytest.raises(PixprefError, match="cross_attention_dim"):
         UserAdapter.from_pretrained(tmp_path / "ad", other_width)

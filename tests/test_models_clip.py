@@ -109,7 +109,7 @@ def test_pickled_objects_are_refused(toy_arch, tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
     with open(evil, "wb") as f:
-        pickle.dump({"state_dict": _Payload(str(marker))}, f)
+        pickle.dump({"state_dict": _Payload(str(marker))}, f, protocol=2)
     with pytest.raises(PixprefError, match="refusing to load .*not a plain state dict"):
         read_state_dict(evil)
     with pytest.raises(PixprefError, match="refusing"):

@@ -22,10 +22,11 @@ from pixpref.scorer.model import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
+# three different widths (image 96, text 48, shared embedding 64): the towers' projections are exercised
 TINY_CLIP = {
     "embed_dim": 64,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 96, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 48, "heads": 2, "layers": 2},
 }
 PROMPTS = ["a red circle", "a photo of a blue square", "a star in green"]
 
@@ -191,7 +192,7 @@ def test_config_errors(clip_json):
     with pytest.raises(PixprefError, match="unknown dimension 'style'.*alignment"):
         ScorerConfig(backbone=clip_json, dimensions=["style"])
     with pytest.raises(PixprefError, match="user_dim"):
-        ScorerConfig(backbone=clip_json, dimensions=["personal"])
+        ScorerConfig(backbone=clip_json, dimensions=["personal"], user_dim=0)
     with pytest.raises(PixprefError, match="cross_heads"):
         make_model(clip_json, cross_heads=5)
     with pytest.raises(PixprefError, match="unknown CLIP backbone 'nope'.*toy"):

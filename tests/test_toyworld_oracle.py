@@ -25,7 +25,7 @@ def _load_script():
 
 @pytest.fixture(scope="module")
 def report():
-    return _load_script().oracle_report(n=800, seed=1, size=32)
+    return _load_script().oracle_report(n=800, seed=1, size=32, joint=False)
 
 
 def test_detectors_meet_floor(report):

@@ -363,8 +363,8 @@ class UserAdapter(nn.Module):
         self.layers = nn.ModuleDict(
             {_key(name): UserKV(dims[0], dims[1], gated) for name, dims in config.layers.items()}
         )
-        self._installed: dict[int, dict[str, Any]] = {}  # id(unet) -> original processors
-        self._processors: list[UserAttnProcessor] = []
+        # id(unet) -> (the UNet's original processors, the user processors installed on it)
+        self._installed: dict[int, tuple[dict[str, Any], list[UserAttnProcessor]]] = {}
         self.reset_parameters(unet)
 
     @torch.no_grad()
@@ -408,8 +408,9 @@ class UserAdapter(nn.Module):
         if not math.isfinite(float(scale)):
             raise PixprefError(f"adapter scale must be finite, got {scale!r}")
         self.config.scale = float(scale)
-        for proc in self._processors:
-            proc.scale = float(scale)
+        for _, user_procs in self._installed.values():
+            for proc in user_procs:
+                proc.scale = float(scale)
 
     def install(self, unet: nn.Module, backend: str = "auto") -> None:
         """Put user processors on ``unet``'s cross-attention layers and kwargs-tolerant ones on the rest."""
@@ -420,25 +421,24 @@ class UserAdapter(nn.Module):
         if any(isinstance(p, (UserAttnProcessor, IgnoreUserKwargs)) for p in current.values()):
             raise PixprefError("a user adapter is already installed on this UNet; call remove(unet) first")
         processors: dict[str, Any] = {}
-        self._processors = []
+        user_procs: list[UserAttnProcessor] = []
         for key, proc in current.items():
             name = key[: -len(".processor")]
             if name in self.config.layers:
                 user_proc = UserAttnProcessor(self.layer(name), self.config.scale, backend)
-                self._processors.append(user_proc)
+                user_procs.append(user_proc)
                 processors[key] = user_proc
             else:
                 processors[key] = IgnoreUserKwargs(proc)
         unet.set_attn_processor(processors)
-        self._installed[id(unet)] = current
+        self._installed[id(unet)] = (current, user_procs)
 
     def remove(self, unet: nn.Module) -> None:
         """Restore the processors ``unet`` had before :meth:`install`."""
-        original = self._installed.pop(id(unet), None)
-        if original is None:
+        installed = self._installed.pop(id(unet), None)
+        if installed is None:
             raise PixprefError("this user adapter is not installed on that UNet")
-        unet.set_attn_processor(dict(original))
-        self._processors = []
+        unet.set_attn_processor(dict(installed[0]))
 
     def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
         """Write ``user_adapter.safetensors`` and ``adapter_config.json`` to ``directory``; return it."""

@@ -4,7 +4,7 @@
         [--set base.steps=100 ...]
 
 Each part ``P`` (``base``, ``vlm``, ``clip``) lives in ``pixpref.pretrain.P`` with a ``PretrainConfig``
-dataclass and ``run(out_dir, cfg) -> dict`` of final metrics. Its settings come from
+dataclass and ``run(out_dir, cfg) -> dict`` of final metrics, which writes into ``out_dir/P``. Its settings come from
 ``configs/toy/pretrain_P.yaml``; ``--set P.key=value`` overrides them. Part ``P`` writes into
 ``DIR/P`` (the shipped folders are ``pixpref/pretrained/toy/P``). A part whose module is not available
 is skipped with a message. A summary of all parts' metrics goes to ``DIR/pretrain_summary.json``.
@@ -64,7 +64,7 @@ def run_part(part: str, out_root: Path, overrides: list[str], overwrite: bool, c
     cfg = load_config(cfg_path if cfg_path.is_file() else None, mod.PretrainConfig, overrides)
     out_dir = check_output_path(out_root / part, overwrite)
     print(f"[pretrain] {part}: config {cfg_path if cfg_path.is_file() else '(defaults)'} -> {out_dir}")
-    return mod.run(out_dir, cfg)
+    return mod.run(out_root, cfg)  # each part writes into out_root/<part>
 
 
 def cmd_pretrain_toy(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ With ``zero_init`` the residual branches of the head start at zero, so an untrai
 the CLIP score for every dimension; training makes the dimensions diverge.
 
 Differences from MPS, on purpose: relevance is normalised per sample (MPS divides by the batch maximum, so
-a score depended on its batch), the EOS token is never masked (an all-masked prompt gave NaN), and the
+a score depended on its batch), the EOS token is never masked (an all-masked prompt would give NaN), and the
 condition tokens may join the attention context (with short prompts the masks alone rarely differ).
 """
 
@@ -61,8 +61,9 @@ class ScorerConfig:
     dimensions: list[str] = field(default_factory=lambda: list(ALL_DIMENSIONS))
     #: optional replacement condition words per text dimension
     conditions: dict[str, list[str]] = field(default_factory=dict)
-    #: width D_user of the user-embedding tokens; required (> 0) when ``personal`` is a dimension
-    user_dim: int = 0
+    #: width D_user of the user-embedding tokens (> 0 when ``personal`` is a dimension); the default is the
+    #: hidden size of PPD's VLM (LLaVA-OneVision Qwen2-7B)
+    user_dim: int = 3584
     #: number of cross-attention blocks in the head
     cross_layers: int = 4
     #: attention heads per block (must divide the CLIP embedding width)
@@ -320,7 +321,7 @@ class ScorerModel(nn.Module):
     def _set_trainable(self) -> None:
         cfg = self.config
         for p in self.clip.parameters():
-            p.requires_grad_(True)
+            p.requires_grad_(not cfg.freeze_backbone)
         self.clip.logit_scale.requires_grad_(False)  # unused: the scorer has its own logit_scale
         if cfg.freeze_backbone and cfg.unfreeze_last_blocks:
             n = cfg.unfreeze_last_blocks

@@ -44,7 +44,6 @@ FEATURES = (
 NONE = "none"
 
 _MIN_OBJECT_PIXELS = 4  # at 32 x 32; scaled with the image area
-_OUTLINE_VALUE = 0.16  # pixels darker than this (HSV value) inside the object region count as outline
 _TEXTURE_RANGE = (0.004, 0.04)  # mean pattern share inside the object -> texture 0 and 1
 _OUTLINE_RANGE = (0.15, 0.55)  # mean outline share in the ring around the object -> outline 0 and 1
 _MAX_BLUR = 1.5  # Gaussian blur sigma (pixels at 32 px) that maps to sharpness 0
@@ -235,6 +234,7 @@ def _fit_blur(coverage: np.ndarray, placements: list, outlined: np.ndarray) -> n
 
 
 def _analyse(images: np.ndarray) -> tuple[dict[str, np.ndarray], list[str], list[str]]:
+    """Measure one chunk of images: (features, colour names, shape names)."""
     x = as_images(images)  # (N, H, W, 3)
     n, h, w, _ = x.shape
     scale = h / 32.0
@@ -306,7 +306,7 @@ def _analyse(images: np.ndarray) -> tuple[dict[str, np.ndarray], list[str], list
     outline = _masked_mean(kappa, rim, 0.0)
     outline[count == 0] = 0.0
 
-    # 9. edge sharpness from the blur radius (see _blur_sigma); 0 where there is nothing to measure
+    # 9. edge sharpness from the fitted blur radius (see _fit_blur); 0 where there is nothing to measure
     cover = 1.0 - (((x - k).reshape(n, -1, 3) @ basis) @ np.linalg.inv(gram).transpose(0, 2, 1))[..., 0]
     cover = np.where(_dilate(full, max(1, round(2 * scale))), cover.reshape(n, h, w), 0.0)
     blur = _fit_blur(cover, placements, outline > 0.35) / scale  # (N,) px at 32 px
@@ -348,20 +348,28 @@ def _detect_colour(hue: np.ndarray, sat: np.ndarray, val: np.ndarray, mask: np.n
 # -------------------------------------------------------------------------------------------- public API
 
 
-def measure(images: np.ndarray) -> dict[str, np.ndarray]:
-    """Measure :data:`FEATURES` of uint8 images ``(N, H, W, 3)`` -> ``{name: (N,) float64}``."""
-    return _analyse(images)[0]
-
-
-def detect(images: np.ndarray) -> tuple[list[str], list[str]]:
-    """(colour names, shape names) of the object in each image; ``"none"`` where none is found."""
-    _, colours, shapes = _analyse(images)
-    return colours, shapes
+CHUNK = 512  # images analysed at once (bounds memory for large batches)
 
 
 def analyse(images: np.ndarray) -> tuple[dict[str, np.ndarray], list[str], list[str]]:
     """:func:`measure` and :func:`detect` in one pass: ``(features, colours, shapes)``."""
-    return _analyse(images)
+    arr = np.asarray(images)
+    if arr.ndim != 4 or len(arr) <= CHUNK:
+        return _analyse(arr)
+    parts = [_analyse(arr[i:i + CHUNK]) for i in range(0, len(arr), CHUNK)]
+    feats = {k: np.concatenate([p[0][k] for p in parts]) for k in FEATURES}
+    return feats, [c for p in parts for c in p[1]], [s for p in parts for s in p[2]]
+
+
+def measure(images: np.ndarray) -> dict[str, np.ndarray]:
+    """Measure :data:`FEATURES` of uint8 images ``(N, H, W, 3)`` -> ``{name: (N,) float64}``."""
+    return analyse(images)[0]
+
+
+def detect(images: np.ndarray) -> tuple[list[str], list[str]]:
+    """(colour names, shape names) of the object in each image; ``"none"`` where none is found."""
+    _, colours, shapes = analyse(images)
+    return colours, shapes
 
 
 def parse_prompt(prompt: str) -> tuple[str, str]:
