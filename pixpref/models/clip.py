@@ -16,8 +16,9 @@ scorers built on top.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pixpref.errors import PixprefError, unknown_name
 
@@ -204,6 +205,24 @@ def load_clip(
         raise unknown_name("CLIP model", key, valid)
     model.to(device=device, dtype=dtype or torch.float32).eval()
     return model, preprocess, tokenizer
+
+
+@dataclass
+class CLIPConfig:
+    """Which CLIP to load and how (configs/clip/*.yaml)."""
+
+    name_or_path: str = "toy"  # "toy", a CLIP folder, or an open_clip config name (then weights is needed)
+    weights: str | None = None  # local safetensors / state-dict file (e.g. an HPS v2 checkpoint)
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    device: str = "cpu"
+
+
+def load_clip_from_config(cfg: CLIPConfig) -> tuple[Any, Any, Any]:
+    """``load_clip`` with the settings of a :class:`CLIPConfig`."""
+    import torch
+
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[cfg.dtype]
+    return load_clip(cfg.name_or_path, device=cfg.device, dtype=dtype, weights=cfg.weights)
 
 
 # ---- token outputs -------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pixpref.errors import PixprefError, unknown_name
 
@@ -187,6 +187,15 @@ def save_vlm(model: Any, processor: Any, out_dir: str | Path, fp16: bool = True)
     return out_dir
 
 
+@dataclass
+class VLMConfig:
+    """Which VLM to load and how (configs/vlm/*.yaml): ``load_vlm(**asdict(cfg))``."""
+
+    name_or_path: str = "toy"  # "toy" or a local save_pretrained folder (never downloaded)
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    device: str = "cpu"
+
+
 # ---- loading --------------------------------------------------------------------------------------------
 
 
@@ -243,6 +252,11 @@ def load_vlm(
         raise PixprefError(f"could not load a VLM from {path}: {str(e).splitlines()[0]}") from e
     model.to(device).eval()
     return model, processor
+
+
+def load_vlm_from_config(cfg: VLMConfig) -> tuple[Any, Any]:
+    """``load_vlm`` with the settings of a :class:`VLMConfig`."""
+    return load_vlm(cfg.name_or_path, dtype=cfg.dtype, device=cfg.device)
 
 
 def image_token_count(processor: Any) -> int:

@@ -137,6 +137,14 @@ def held_out_scenes(n: int, seed: int) -> list[Scene]:
 # ---- training ------------------------------------------------------------------------------------------
 
 
+def _tokenize_unique(tokenizer: Any, texts: list[str]):
+    """Tokenise each distinct text once -> ``(len(texts), T)``."""
+    unique = sorted(set(texts))
+    tokens = tokenizer(unique)
+    where = {t: i for i, t in enumerate(unique)}
+    return tokens[[where[t] for t in texts]]
+
+
 def _lr_at(step: int, cfg: PretrainConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -168,9 +176,11 @@ def run(out_dir: Path, cfg: PretrainConfig) -> dict:
     # 2. data: rendered pool + tokenised captions and prompts
     scenes = [sample_scene(rng, combos="seen") for _ in range(cfg.train_scenes)]
     pixels = pixel_tensor(render_batch(scenes, size), model)  # (N, 3, H, W)
-    full_tokens = tokenizer([caption(s) for s in scenes])  # (N, T)
-    prompt_tokens = torch.stack([tokenizer([s.prompt(t) for s in scenes]) for t in range(len(PROMPT_TEMPLATES))])
     caps = np.array([caption(s) for s in scenes])
+    full_tokens = _tokenize_unique(tokenizer, list(caps))  # (N, T)
+    prompt_tokens = torch.stack(  # (templates, N, T)
+        [_tokenize_unique(tokenizer, [s.prompt(t) for s in scenes]) for t in range(len(PROMPT_TEMPLATES))]
+    )
     keys = np.array([content_key(s) for s in scenes])
 
     # 3. optimiser
