@@ -18,7 +18,7 @@ def oracle_embeddings(users_file: str | Path) -> dict[str, torch.Tensor]:
 
     if not users_file:
         raise PixprefError("user.source=oracle needs user.users_file (the toy world's users.json)")
-    return {str(u.id): torch.as_tensor(u.weights_vector(), dtype=torch.float32)[None] for u in load_users(users_file)}
+    return {str(u.id): torch.as_tensor(u.weights_vector(), dtype=torch.float32)[None] for u in load_users(users_file).users}
 
 
 def build_user_cache(user_cfg: Any, arrays: Any, chunks: list, path: Path, accelerator: Any = None) -> UserEmbeddingCache:

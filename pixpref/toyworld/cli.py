@@ -41,6 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--combos", choices=("seen", "held_out", "all"), default="seen",
                    help="shape-colour combinations the prompts use")
     p.add_argument("--shard-rows", type=int, default=20000, help="rows per parquet file")
+    p.add_argument("--source", choices=("render", "model"), default="render",
+                   help="images from the renderer, or samples of a text-to-image model (PPD trains on those)")
+    p.add_argument("--model", default="toy", help="with --source model: 'toy' or a pipeline folder")
+    p.add_argument("--per-combo", type=int, default=32, help="with --source model: samples per content combination")
+    p.add_argument("--steps", type=int, default=15, help="with --source model: sampler steps")
+    p.add_argument("--pool", default=None, help="with --source model: reuse/save the sample pool (.npz) here")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=_make_pairs)
@@ -85,9 +91,30 @@ def _make_pairs(args: argparse.Namespace) -> int:
     _positive("pairs-per-user", args.pairs_per_user)
     users = sample_population(args.users, args.seed, archetype_share=args.archetype_share,
                               unseen_fraction=args.unseen_fraction)
+    source, model_name = None, None
+    if args.source == "model":
+        source, model_name = _model_source(args), f"{args.model}-samples"
     manifest = write_pairs(args.out, users, args.pairs_per_user, args.seed, image_size=args.size,
                            tie_margin=args.tie_margin, combos=args.combos, shard_rows=args.shard_rows,
-                           overwrite=args.overwrite)
+                           overwrite=args.overwrite, image_source=source, model_name=model_name)
     print(f"wrote {args.out}: {sum(manifest['files'].values())} pairs from {len(users)} users "
           f"in {len(manifest['files'])} file(s); ties {manifest['tie_rate']:.1%}")
     return 0
+
+
+def _model_source(args: argparse.Namespace):
+    """A pool of the model's samples per content combination (generated once, optionally cached)."""
+    from pathlib import Path
+
+    from pixpref.toyworld.model_source import SamplePool
+
+    if args.pool and Path(args.pool).is_file():
+        return SamplePool.load(args.pool)
+    from pixpref.models.diffusion import load_pipeline
+
+    pipe = load_pipeline(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    pool = SamplePool.generate(pipe, per_combo=args.per_combo, steps=args.steps, seed=args.seed, combos=args.combos)
+    if args.pool:
+        pool.save(args.pool)
+    return pool
