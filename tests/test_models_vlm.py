@@ -141,3 +141,53 @@ def test_shipped_toy_models_load_offline():
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "CLIP" in res.stdout
+
+
+def test_load_vlm_reads_a_llava_onevision_folder(tmp_path):
+    """The PPD VLM class (LLaVA-OneVision: SigLIP + Qwen2, anyres) through the same loader, 8 images."""
+    from PIL import Image
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessorPil,
+        LlavaOnevisionProcessor,
+        LlavaOnevisionVideoProcessor,
+        Qwen2Config,
+        SiglipVisionConfig,
+    )
+
+    from pixpref.models.vlm import build_tokenizer as bpe
+
+    tok = bpe(["a red star. Preferred: Dispreferred:", "<video>"], 300)
+    tok.add_special_tokens({"additional_special_tokens": ["<video>"]})
+    grid = [[16, 16], [16, 32], [32, 16], [32, 32]]
+    processor = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessorPil(
+            size={"height": 16, "width": 16}, crop_size={"height": 16, "width": 16}, image_grid_pinpoints=grid),
+        tokenizer=tok,
+        video_processor=LlavaOnevisionVideoProcessor(size={"height": 16, "width": 16}),
+        num_image_tokens=4,
+        vision_feature_select_strategy="full",
+    )
+    config = LlavaOnevisionConfig(
+        vision_config=SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, image_size=16, patch_size=8),
+        text_config=Qwen2Config(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        video_token_index=tok.convert_tokens_to_ids("<video>"),
+        vision_feature_select_strategy="full", vision_feature_layer=-1, image_grid_pinpoints=grid,
+    )
+    torch.manual_seed(0)
+    LlavaOnevisionForConditionalGeneration(config).save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+
+    model, proc = load_vlm(tmp_path)
+    assert isinstance(model, LlavaOnevisionForConditionalGeneration)
+    assert isinstance(proc, LlavaOnevisionProcessor)
+    rng = np.random.default_rng(3)
+    images = [Image.fromarray(a) for a in render_batch([sample_scene(rng) for _ in range(8)])]
+    enc = proc(text="a red star. Preferred: <image> Dispreferred: <image>" * 4, images=images, return_tensors="pt")
+    with torch.no_grad():
+        out = model(**enc, output_hidden_states=True)
+    assert len(out.hidden_states) == 3 and out.hidden_states[-1].shape[-1] == 16
