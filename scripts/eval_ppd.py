@@ -60,7 +60,13 @@ def main(argv=None) -> int:
 
     from pixpref.models.diffusion import load_pipeline
     from pixpref.personalize.adapter import UserAdapter
-    from pixpref.personalize.evaluate import EvalSetup, base_images, interpolation_curve, personalized_images, win_rate
+    from pixpref.personalize.evaluate import (
+        EvalSetup,
+        base_images,
+        interpolation_curve,
+        personalized_images,
+        win_rate,
+    )
     from pixpref.personalize.user_encoder import UserEncoder
     from pixpref.toyworld.users import load_users
 

@@ -25,7 +25,7 @@ STYLE_TARGET = 0.80
 def report(model_name: str, n: int, seed: int) -> dict:
     from pixpref.models.vlm import load_vlm
     from pixpref.pretrain.vlm import ATTRIBUTES, CONTENT_ATTRIBUTES, caption_accuracy, held_out_scenes
-    from pixpref.toyworld.scene import HELD_OUT_COMBOS
+    from pixpref.toyworld.scene import HELD_OUT_COMBOS, caption
 
     model, processor = load_vlm(model_name)
     scenes = held_out_scenes(n, seed)
@@ -50,9 +50,7 @@ def report(model_name: str, n: int, seed: int) -> dict:
     return {
         "model": model_name, "n": n, "seed": seed, "parsed": res["parsed"], "seconds": round(seconds, 1),
         "groups": groups, "targets": {"content": CONTENT_TARGET, "style": STYLE_TARGET}, "pass": passed,
-        "examples": [{"true": t, "generated": g} for t, g in
-                     zip([__import__("pixpref.toyworld.scene", fromlist=["caption"]).caption(s)
-                          for s in scenes[:6]], res["captions"][:6])],
+        "examples": [{"true": caption(s), "generated": g} for s, g in zip(scenes[:6], res["captions"][:6])],
     }
 
 
@@ -73,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{a:<12}" + "".join(f"{v['accuracy'][a]:>18.3f}" for v in rep["groups"].values()))
     for ex in rep["examples"][:3]:
         print(f"  true: {ex['true']}\n  gen : {ex['generated']}")
-    print("targets: content >= %.2f, style >= %.2f -> %s" % (CONTENT_TARGET, STYLE_TARGET,
-                                                             "PASS" if rep["pass"] else "FAIL"))
+    verdict = "PASS" if rep["pass"] else "FAIL"
+    print(f"targets: content >= {CONTENT_TARGET:.2f}, style >= {STYLE_TARGET:.2f} -> {verdict}")
     text = json.dumps(rep, indent=2)
     print(text)
     if args.json:

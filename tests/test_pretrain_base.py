@@ -22,7 +22,7 @@ from pixpref.pretrain.cli import CONFIG_DIR, parse_only, split_overrides
 TINY = [
     "steps=4", "batch_size=4", "warmup_steps=1", "log_every=1", "save_every=2",
     "model.block_out_channels=[16, 32]", "model.cross_attention=[false, true]", "model.text_hidden_size=32",
-    "model.text_layers=1", "model.text_heads=2", "sample_prompts=['a red circle']",
+    "model.text_layers=1", "model.text_heads=2", "sample_prompts=['a red circle']", "sample_steps=2",
 ]
 
 
@@ -53,10 +53,18 @@ def test_scene_stream_uses_seen_combos_and_drops_prompts():
             assert not (colour in p.split() and shape in p.split()), p
 
 
-def test_tiny_pretraining_writes_loadable_folder_and_log(tmp_path):
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """The same tiny config trained twice: (cfg, metrics of run a, folder a, folder b)."""
+    root = tmp_path_factory.mktemp("pretrain")
     cfg = tiny_cfg()
-    metrics = base.run(tmp_path, cfg)
-    out = tmp_path / "base"
+    metrics = base.run(root / "a", cfg)
+    base.run(root / "b", cfg)
+    return cfg, metrics, root / "a" / "base", root / "b" / "base"
+
+
+def test_tiny_pretraining_writes_loadable_folder_and_log(two_runs):
+    cfg, metrics, out, _ = two_runs
     assert metrics["steps"] == 4 and np.isfinite(metrics["final_loss_avg50"])
     for name in ("model_index.json", "unet", "text_encoder", "tokenizer", "scheduler", "samples.png",
                  "pretrain_config.yaml", "metrics.json"):
@@ -75,16 +83,12 @@ def test_tiny_pretraining_writes_loadable_folder_and_log(tmp_path):
     assert len(changed) > len(trained) // 2  # training (and EMA) moved most parameters
 
 
-def test_pretraining_is_reproducible(tmp_path):
-    cfg = tiny_cfg("steps=3", "save_every=0")
-    base.run(tmp_path / "a", cfg)
-    base.run(tmp_path / "b", cfg)
-    loss = [[json.loads(line)["loss"] for line in (tmp_path / r / "base" / base.LOSS_LOG).read_text().splitlines()]
-            for r in ("a", "b")]
+def test_pretraining_is_reproducible(two_runs):
+    _, _, a, b = two_runs
+    loss = [[json.loads(line)["loss"] for line in (r / base.LOSS_LOG).read_text().splitlines()] for r in (a, b)]
     assert loss[0] == loss[1]
-    a = (tmp_path / "a" / "base" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
-    b = (tmp_path / "b" / "base" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
-    assert a == b
+    for sub in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+        assert (a / sub).read_bytes() == (b / sub).read_bytes(), sub
 
 
 def test_pretrain_cli_only_base_and_errors(tmp_path, capsys):

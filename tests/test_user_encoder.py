@@ -58,7 +58,7 @@ def _pairs(seed, n=4):
 
 
 @pytest.mark.parametrize("pooling,tokens", [("last_token_all_layers", 3), ("last_token_last_layer", 1),
-                                            ("mean_last_layer", 1)])
+                                            ("mean_last_layer", 1), ("image_contrast_all_layers", 3)])
 def test_shapes_per_pooling(tiny_vlm, pooling, tokens):
     enc = UserEncoder(*tiny_vlm, UserEncoderConfig(pooling=pooling))
     emb = enc.encode([_pairs(0), _pairs(1)])
@@ -146,3 +146,23 @@ def test_cache_precompute_and_lookup(tiny_vlm, tmp_path):
         again.get("u3", 0)
     with pytest.raises(PixprefError, match="no example chunks"):
         precompute_cache(enc, [], tmp_path / "empty.safetensors")
+
+
+def test_image_contrast_matches_manual_and_flips_sign(tiny_vlm):
+    model, proc = tiny_vlm
+    enc = UserEncoder(model, proc, UserEncoderConfig(pooling="image_contrast_all_layers"))
+    pairs = _pairs(7, n=2)
+    text, images = build_user_prompt(pairs, "<image>")
+    inputs = proc(text=[text], images=[images], return_tensors="pt")
+    with torch.no_grad():
+        hs = model(**inputs, output_hidden_states=True).hidden_states
+    pos = (inputs["input_ids"][0] == model.config.image_token_id).nonzero().squeeze(-1).reshape(4, -1)
+    expected = torch.stack([((h[0, pos[0]].mean(0) - h[0, pos[1]].mean(0))
+                             + (h[0, pos[2]].mean(0) - h[0, pos[3]].mean(0))) / 2 for h in hs])
+    got = enc.encode_one(pairs)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    # the embedding layer's contrast is exactly antisymmetric when every choice is swapped
+    swapped = enc.encode_one([(p, r, c) for p, c, r in pairs])
+    torch.testing.assert_close(swapped[0], -got[0], atol=1e-5, rtol=1e-4)
+    with pytest.raises(PixprefError, match="generate_tokens: 0"):
+        UserEncoderConfig(pooling="image_contrast_all_layers", generate_tokens=2)

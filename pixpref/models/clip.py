@@ -128,7 +128,6 @@ def create_clip(name: str, device: str | torch.device = "cpu") -> tuple[Any, Any
 def save_clip(model: Any, config_name: str, out_dir: str | Path, fp16: bool = True) -> Path:
     """Write ``open_clip_config.json`` (architecture) and ``model.safetensors`` (fp16 by default)."""
     import open_clip
-    import torch
     from safetensors.torch import save_file
 
     register_configs()
@@ -186,7 +185,7 @@ def load_clip(
         folder = CLIP_NAMES[key]
         if not (folder / FOLDER_CONFIG).is_file():
             raise PixprefError(f"the shipped {key!r} CLIP is missing at {folder}; rebuild it with "
-                               "`pixpref pretrain clip` or reinstall pixpref")
+                               "`pixpref pretrain toy --only clip` or reinstall pixpref")
         model, preprocess, tokenizer = _from_folder(folder, device)
     elif Path(key).expanduser().is_dir():
         folder = Path(key).expanduser()

@@ -207,7 +207,7 @@ def resolve_vlm_path(name_or_path: str | Path) -> Path:
         if not (path / "config.json").is_file():
             raise PixprefError(
                 f"the shipped {key!r} VLM is missing at {path}; rebuild it with "
-                "`pixpref pretrain vlm` or reinstall pixpref"
+                "`pixpref pretrain toy --only vlm` or reinstall pixpref"
             )
         return path
     path = Path(name_or_path).expanduser()

@@ -40,14 +40,18 @@ class PairArrays:
         return [(self.prompts[r], self.chosen[r], self.rejected[r]) for r in rows]
 
 
-def load_pairs(cfg: DataConfig, users: set[str] | None = None, max_pairs: int | None = None) -> tuple[PairArrays, ReadStats]:
-    """Decode the pairs of ``cfg`` (only those of ``users`` if given) into memory."""
+def load_pairs(cfg: DataConfig, users: set[str] | None = None, max_pairs: int | None = None,
+               exclude_prompts: set[str] | None = None) -> tuple[PairArrays, ReadStats]:
+    """Decode the pairs of ``cfg`` into memory: only those of ``users`` if given, none whose prompt is in
+    ``exclude_prompts`` (the held-out-caption split)."""
     if cfg.image_size is None:
         raise PixprefError("data.image_size must be set for training (images are resized to it)")
     stats = ReadStats()
     chosen, rejected, prompts, uids, labels, index = [], [], [], [], [], []
     for pair in iter_pairs(cfg, stats=stats):
         if users is not None and pair.user_id not in users:
+            continue
+        if exclude_prompts and pair.prompt in exclude_prompts:
             continue
         chosen.append(_rgb(pair, "chosen", cfg.image_size))
         rejected.append(_rgb(pair, "rejected", cfg.image_size))

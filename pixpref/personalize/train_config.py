@@ -36,7 +36,9 @@ class UserSection:
 
     source: Literal["vlm", "oracle"] = "vlm"
     vlm: str = "toy"
-    pooling: Literal["last_token_all_layers", "last_token_last_layer", "mean_last_layer"] = "last_token_all_layers"
+    pooling: Literal[
+        "last_token_all_layers", "last_token_last_layer", "mean_last_layer", "image_contrast_all_layers"
+    ] = "last_token_all_layers"
     generate_tokens: int = 0
     users_file: str = ""  # toy world users.json (needed for source=oracle)
     cache: str = ""  # default: <output_dir>/user_embeddings.safetensors

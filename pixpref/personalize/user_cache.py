@@ -3,6 +3,8 @@ each user's true utility weights (the upper bound of what any embedding could te
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +23,32 @@ def oracle_embeddings(users_file: str | Path) -> dict[str, torch.Tensor]:
     return {str(u.id): torch.as_tensor(u.weights_vector(), dtype=torch.float32)[None] for u in load_users(users_file).users}
 
 
+def cache_metadata(user_cfg: Any, arrays: Any, chunks: list) -> dict[str, str]:
+    """What a cache was made from: the embedding source and a fingerprint of every chunk's pairs."""
+    digest = hashlib.sha256()
+    for c in chunks:
+        pairs = [(int(arrays.index[r]), arrays.prompts[r]) for r in c.indices]
+        digest.update(json.dumps([c.user_id, c.chunk, pairs]).encode())
+    source = user_cfg.users_file if user_cfg.source == "oracle" else user_cfg.vlm
+    return {"source": user_cfg.source, "vlm": str(source), "pooling": user_cfg.pooling,
+            "generate_tokens": str(user_cfg.generate_tokens), "chunks": digest.hexdigest()}
+
+
+def check_cache(cache: UserEmbeddingCache, user_cfg: Any, arrays: Any, chunks: list, path: Path) -> UserEmbeddingCache:
+    """Refuse a cache made from another source, pooling or other pairs (it would silently mislead)."""
+    expected = cache_metadata(user_cfg, arrays, chunks)
+    differ = [k for k, v in expected.items() if cache.metadata.get(k) != v]
+    if differ:
+        raise PixprefError(
+            f"user-embedding cache {path} was made with different {', '.join(differ)} than this config "
+            f"(cache: { {k: cache.metadata.get(k) for k in differ} }); delete it, or set user.cache to another path"
+        )
+    return cache
+
+
 def build_user_cache(user_cfg: Any, arrays: Any, chunks: list, path: Path, accelerator: Any = None) -> UserEmbeddingCache:
     """Encode every few-shot chunk once and write the cache to ``path`` (atomically)."""
-    meta = {"source": user_cfg.source, "vlm": user_cfg.vlm, "pooling": user_cfg.pooling}
+    meta = cache_metadata(user_cfg, arrays, chunks)
     if user_cfg.source == "oracle":
         if accelerator is not None and not accelerator.is_main_process:
             return None

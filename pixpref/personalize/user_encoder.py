@@ -8,6 +8,10 @@ to describe the user's preference. The embedding is taken from the hidden states
                                       (embedding layer + L layers) -> (L + 1, D) tokens
     pooling="last_token_last_layer"   the last token of the last layer -> (1, D)
     pooling="mean_last_layer"         mean over the prompt's tokens of the last layer -> (1, D)
+    pooling="image_contrast_all_layers"
+                                      per layer, the mean over pairs of (mean hidden state of the
+                                      preferred image's tokens - that of the dispreferred image's)
+                                      -> (L + 1, D): which way the user's choices point, per layer
 
 With ``generate_tokens > 0`` the VLM first writes that many tokens greedily (PPD lets it write the
 profile) and the last generated position is used; 0 uses the end of the prompt (cheaper).
@@ -39,7 +43,9 @@ class UserEncoderConfig:
     """How the VLM's hidden states become user tokens."""
 
     vlm: str = "toy"  # "toy" (shipped) or a local VLM folder
-    pooling: Literal["last_token_all_layers", "last_token_last_layer", "mean_last_layer"] = "last_token_all_layers"
+    pooling: Literal[
+        "last_token_all_layers", "last_token_last_layer", "mean_last_layer", "image_contrast_all_layers"
+    ] = "last_token_all_layers"
     generate_tokens: int = 0  # >0: write this many tokens greedily first (PPD), use the last one
     max_pairs: int = 8  # a prompt holds at most this many pairs
     batch_size: int = 8  # users per VLM forward
@@ -49,6 +55,8 @@ class UserEncoderConfig:
             raise unknown_name("pooling", self.pooling, POOLINGS)
         if self.generate_tokens < 0:
             raise PixprefError(f"generate_tokens must be >= 0, got {self.generate_tokens}")
+        if self.generate_tokens and self.pooling == "image_contrast_all_layers":
+            raise PixprefError("pooling image_contrast_all_layers reads the prompt's image tokens; set generate_tokens: 0")
         if self.max_pairs < 1:
             raise PixprefError(f"max_pairs must be >= 1, got {self.max_pairs}")
         if self.batch_size < 1:
@@ -100,6 +108,24 @@ def build_user_prompt(pairs: Sequence[Any], image_token: str) -> tuple[str, list
     return "".join(parts), images
 
 
+def image_contrast(hidden_states: Sequence[torch.Tensor], image_mask: torch.Tensor, num_images: Sequence[int]) -> torch.Tensor:
+    """Per layer, mean over pairs of (preferred image tokens' mean - dispreferred image tokens' mean).
+
+    image_mask: (B, S) bool, True at image-token positions; images come in (preferred, dispreferred)
+    order, each a contiguous run of the same number of tokens. -> (B, L + 1, D)
+    """
+    out = []
+    for b in range(image_mask.shape[0]):
+        pos = image_mask[b].nonzero().squeeze(-1)  # (n_img * tokens_per_image,)
+        per_image = pos.reshape(num_images[b], -1)  # (n_img, tokens_per_image)
+        layers = []
+        for h in hidden_states:
+            feats = h[b, per_image].mean(1)  # (n_img, D)
+            layers.append((feats[0::2] - feats[1::2]).mean(0))  # (D,)
+        out.append(torch.stack(layers))
+    return torch.stack(out)
+
+
 def pool_hidden_states(
     hidden_states: Sequence[torch.Tensor], attention_mask: torch.Tensor, pooling: str
 ) -> torch.Tensor:
@@ -142,7 +168,7 @@ class UserEncoder:
     @property
     def num_tokens(self) -> int:
         """Tokens per user for the configured pooling."""
-        if self.config.pooling == "last_token_all_layers":
+        if self.config.pooling in ("last_token_all_layers", "image_contrast_all_layers"):
             return self.model.config.get_text_config().num_hidden_layers + 1
         return 1
 
@@ -201,6 +227,12 @@ class UserEncoder:
             # positions count only real tokens, so a left-padded row equals the same user encoded alone
             position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
             hidden = self.model(**inputs, position_ids=position_ids, output_hidden_states=True).hidden_states
+            if self.config.pooling == "image_contrast_all_layers":
+                image_mask = inputs["input_ids"] == self.model.config.image_token_id
+                emb = image_contrast(hidden, image_mask, [len(ims) for ims in images]).float().cpu()
+                if not torch.isfinite(emb).all():
+                    raise PixprefError("the VLM produced NaN/inf hidden states; check the model weights and dtype")
+                return emb
         emb = pool_hidden_states(hidden, mask, self.config.pooling).float().cpu()
         if not torch.isfinite(emb).all():
             raise PixprefError("the VLM produced NaN/inf hidden states; check the model weights and dtype")

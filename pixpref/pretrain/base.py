@@ -82,6 +82,7 @@ class PretrainConfig:
     sample_prompts: list[str] = field(default_factory=lambda: ["a red circle", "a blue star", "a green square",
                                                               "a yellow triangle", "a purple cross"])
     sample_guidance_scale: float = 2.0
+    sample_steps: int = 25  # DDIM steps for samples.png
     save_dtype: Literal["float16", "float32"] = "float16"
     threads: int = 1  # torch CPU threads; 0 = torch's default. One thread is fastest on a busy 2-core machine
     model: ModelArch = field(default_factory=ModelArch)
@@ -98,6 +99,7 @@ class PretrainConfig:
             "log_every": self.log_every >= 1,
             "save_every": self.save_every >= 0,
             "threads": self.threads >= 0,
+            "sample_steps": self.sample_steps >= 1,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -204,16 +206,16 @@ def save_pipeline(pipe, params_ema, out_dir: Path, dtype_name: str) -> None:
     snapshot.save_pretrained(out_dir, safe_serialization=True)
 
 
-def sample_grid(pipe, prompts: list[str], n_per_prompt: int, guidance_scale: float, seed: int):
-    """Sample ``n_per_prompt`` images per prompt with DDIM 25 -> PIL grid (one row per prompt)."""
+def sample_grid(pipe, prompts: list[str], n_per_prompt: int, guidance_scale: float, seed: int, steps: int = 25):
+    """Sample ``n_per_prompt`` images per prompt -> PIL grid (one row per prompt)."""
     import torch
 
     from pixpref.toyworld.render import make_grid
 
     pipe.set_progress_bar_config(disable=True)
     g = torch.Generator().manual_seed(seed)
-    imgs = pipe(prompts, num_images_per_prompt=n_per_prompt, guidance_scale=guidance_scale, generator=g,
-                output_type="np").images  # (P * n, H, W, 3) in [0, 1]
+    imgs = pipe(prompts, num_images_per_prompt=n_per_prompt, num_inference_steps=steps,
+                guidance_scale=guidance_scale, generator=g, output_type="np").images  # (P * n, H, W, 3) in [0, 1]
     return make_grid((imgs * 255 + 0.5).astype(np.uint8), ncols=n_per_prompt, upscale=2)
 
 
@@ -295,7 +297,8 @@ def run(out_dir: Path, cfg: PretrainConfig) -> dict:
     from pixpref.models.diffusion import load_pipeline
 
     saved = load_pipeline(out_dir)
-    sample_grid(saved, cfg.sample_prompts, 8, cfg.sample_guidance_scale, cfg.seed).save(out_dir / "samples.png")
+    grid = sample_grid(saved, cfg.sample_prompts, 8, cfg.sample_guidance_scale, cfg.seed, cfg.sample_steps)
+    grid.save(out_dir / "samples.png")
     metrics = {
         "steps": cfg.steps,
         "final_loss_avg50": float(np.mean(recent)),

@@ -1,6 +1,6 @@
 """Pretrain the toy CLIP (open_clip, config ``pixpref-toy-clip``) contrastively on toy images.
 
-    pixpref pretrain clip --config configs/toy/pretrain_clip.yaml --out runs/pretrain
+    HF_HUB_OFFLINE=1 pixpref pretrain toy --only clip --out runs/pretrain  [--set clip.steps=100]
 
 Each image is paired with either its full caption (content and style, :func:`~pixpref.toyworld.scene.caption`)
 or a content-only prompt from ``PROMPT_TEMPLATES``. Because a batch often holds several images with the

@@ -6,7 +6,9 @@
     rates = scorer.compare(images_a, images_b, prompts)          # {dimension: WinRate(a over b, 95% CI)}
 
 A saved scorer is a folder with ``scorer_config.json`` (architecture, condition words, the open_clip backbone
-config) and ``model.safetensors`` (all weights). Pickled checkpoints are refused.
+config) and ``model.safetensors``: all weights, or (``include_backbone=False``) only the head and the trained
+parts of the backbone, with a reference to the backbone's weights file and its SHA-256 (the shipped toy
+scorer refers to the shipped toy CLIP this way). Pickled checkpoints are refused.
 """
 
 from __future__ import annotations
@@ -221,6 +223,58 @@ def _resolve_folder(name_or_path: str | Path) -> Path:
     raise unknown_name("scorer", str(name_or_path), ["toy", "<folder with scorer_config.json>"])
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _backbone_reference(model: ScorerModel) -> dict[str, str]:
+    """{"backbone", "weights", "sha256"} of the file the frozen backbone was loaded from."""
+    from pixpref.scorer.model import resolve_backbone
+
+    cfg = model.config
+    _, found = resolve_backbone(cfg.backbone)
+    weights = Path(cfg.backbone_weights) if cfg.backbone_weights else found
+    if weights is None or not weights.is_file():
+        raise PixprefError(
+            f"cannot save the scorer without its backbone: backbone {cfg.backbone!r} has no weights file to "
+            "refer to; save with include_backbone=True"
+        )
+    if not model.config.freeze_backbone:
+        raise PixprefError("a fully trained backbone must be saved: use include_backbone=True")
+    # "toy" stays a name (the shipped folder moves with the package); other files are stored as paths
+    where = "" if cfg.backbone_weights is None and cfg.backbone == "toy" else str(weights.resolve())
+    return {"backbone": cfg.backbone, "weights": where, "sha256": _sha256(weights)}
+
+
+def _referenced_weights(ref: dict[str, str] | None, folder: Path) -> Path | None:
+    """The backbone weights file a partial scorer refers to, after checking its SHA-256."""
+    if ref is None:
+        return None
+    from pixpref.scorer.model import resolve_backbone
+
+    if ref.get("weights"):
+        weights = Path(ref["weights"])
+    else:
+        _, weights = resolve_backbone(ref["backbone"])
+    if weights is None or not Path(weights).is_file():
+        raise PixprefError(
+            f"scorer {folder} stores only its head; its backbone weights ({ref.get('weights') or ref['backbone']}) "
+            "are missing"
+        )
+    if _sha256(Path(weights)) != ref["sha256"]:
+        raise PixprefError(
+            f"scorer {folder} was trained on other backbone weights than {weights} (SHA-256 differs); "
+            "retrain the scorer (train/train_scorer.py) for this backbone"
+        )
+    return Path(weights)
+
+
 class PreferenceScorer:
     """Multi-dimensional preference scorer (inference wrapper around :class:`ScorerModel`)."""
 
@@ -261,10 +315,13 @@ class PreferenceScorer:
                 f"scorer format version {meta.get('version')} unsupported; this pixpref reads {FORMAT_VERSION}"
             )
         config = from_dict(ScorerConfig, meta["config"], prefix="config")
-        clip, tokenizer = build_backbone(meta["backbone_model_cfg"])
+        ref = meta.get("backbone_reference")
+        clip, tokenizer = build_backbone(meta["backbone_model_cfg"], _referenced_weights(ref, folder))
         model = ScorerModel(config, clip, tokenizer, meta["backbone_model_cfg"])
         state = load_file(str(folder / WEIGHTS_NAME))
         expected = model.state_dict()
+        if ref is not None:  # the frozen backbone weights came from the referenced file
+            expected = {k: v for k, v in expected.items() if k in state or not k.startswith("clip.")}
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
         bad_shape = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
@@ -273,12 +330,19 @@ class PreferenceScorer:
                 f"{folder / WEIGHTS_NAME} does not match {CONFIG_NAME}: missing {missing[:5]}, "
                 f"unexpected {unexpected[:5]}, wrong shape {bad_shape[:5]}"
             )
-        model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+        model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=ref is None)
         model.to(device=device, dtype=dtype or torch.float32)
         return cls(model)
 
-    def save_pretrained(self, path: str | Path, fp16: bool = False, overwrite: bool = False) -> Path:
-        """Write ``scorer_config.json`` and ``model.safetensors`` (float16 weights with ``fp16``) to folder ``path``."""
+    def save_pretrained(
+        self, path: str | Path, fp16: bool = False, overwrite: bool = False, include_backbone: bool = True
+    ) -> Path:
+        """Write ``scorer_config.json`` and ``model.safetensors`` (float16 weights with ``fp16``) to folder ``path``.
+
+        ``include_backbone=False`` stores only the head and the trainable backbone parts, plus a reference
+        to the backbone's weights file (``config.backbone``, e.g. the shipped toy CLIP) and its SHA-256;
+        loading then rebuilds the frozen backbone from that file and refuses a file that changed.
+        """
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -288,8 +352,12 @@ class PreferenceScorer:
             raise PixprefError(
                 f"output {path / CONFIG_NAME} already exists; pass overwrite=True (--overwrite) to replace it"
             )
+        ref = None if include_backbone else _backbone_reference(self.model)
+        trainable = {f"clip.{n}" for n, p in self.model.clip.named_parameters() if p.requires_grad}
         state = {}
         for k, v in self.model.state_dict().items():
+            if ref is not None and k.startswith("clip.") and k not in trainable:
+                continue
             v = v.detach().to("cpu")
             if fp16 and v.is_floating_point():
                 v = v.half()
@@ -299,6 +367,7 @@ class PreferenceScorer:
             "version": FORMAT_VERSION,
             "config": to_dict(self.model.config),
             "backbone_model_cfg": self.model.backbone_cfg,
+            "backbone_reference": ref,
             "weights_dtype": "float16"
             if fp16
             else str(next(iter(state.values())).dtype).replace("torch.", ""),
