@@ -243,3 +243,17 @@ def test_package_import_is_light():
             "print([m for m in ('pyarrow', 'PIL', 'numpy', 'torch') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_glob_of_shards_selects_files(tmp_path):
+    from pixpref.data.pairs import detect_format
+    from pixpref.data.pickapic import pickapic_files
+    from pixpref.errors import PixprefError
+
+    for name in ("train-00000-of-00002.parquet", "train-00001-of-00002.parquet", "unseen-00000-of-00001.parquet"):
+        (tmp_path / name).write_bytes(b"PAR1")
+    files = pickapic_files(tmp_path / "train-*.parquet")
+    assert [f.name for f in files] == ["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]
+    assert detect_format(str(tmp_path / "train-*.parquet")) == "pickapic"
+    with pytest.raises(PixprefError, match="no parquet files match"):
+        pickapic_files(tmp_path / "test-*.parquet")

@@ -202,6 +202,8 @@ class DataConfig:
 
 def detect_format(path: str | Path) -> str:
     """``pickapic`` for a parquet file or a folder holding parquet files, ``jsonl`` for a JSONL file."""
+    if any(ch in str(path) for ch in "*?["):  # a glob of parquet shards
+        return "pickapic"
     path = Path(path)
     if not path.exists():
         raise PixprefError(f"data path not found: {path}")

@@ -54,7 +54,13 @@ WRITER_REQUIRED = ("caption", "jpg_0", "jpg_1", "label_0", "label_1", "user_id")
 
 
 def pickapic_files(path: str | Path) -> list[Path]:
-    """A parquet file, or the sorted ``*.parquet`` files of a folder."""
+    """A parquet file, the sorted ``*.parquet`` files of a folder, or the files a glob pattern matches
+    (e.g. ``data/train-*.parquet``, the published shard names)."""
+    if any(ch in str(path) for ch in "*?["):
+        files = sorted(p for p in Path(str(path)).parent.glob(Path(str(path)).name) if p.is_file())
+        if not files:
+            raise PixprefError(f"no parquet files match {path}")
+        return files
     path = Path(path)
     if not path.exists():
         raise PixprefError(f"Pick-a-Pic path not found: {path}")
