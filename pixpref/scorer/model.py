@@ -472,7 +472,9 @@ class ScorerModel(nn.Module):
             context = torch.cat([prompt, cond], dim=1)  # (B, L + C, D)
             cond_bias = torch.zeros(cond_valid.shape, dtype=bias.dtype, device=bias.device)
             bias = torch.cat([bias, cond_bias.masked_fill(~cond_valid, float("-inf"))], dim=1)
-        x = feats["image"]  # (B, 1 + P, D)
+        # The head has no self-attention: each image token is transformed on its own and only the first
+        # (pooled) one is read, so the patch tokens are left out; the score is the same, the head ~P times cheaper.
+        x = feats["image"][:, :1]  # (B, 1, D)
         for block in self.cross:
             x = block(x, context, bias)
         image = F.normalize(x[:, 0].float(), dim=-1)  # (B, D)
