@@ -109,23 +109,36 @@ def test_two_cpu_processes(assets, cache, tmp_path):
     launch = [accelerate, "launch", "--config_file", str(REPO / "configs/accelerate/cpu_2proc.yaml"),
               "--num_processes", "2", "--main_process_port", str(_free_port()), str(TRAIN_SCRIPT)]
     out = tmp_path / "run"
-    res = _train(assets, out, launch=launch, user_cache=cache, max_steps=2, checkpoint_every=1)
+    res = _train(assets, out, launch=launch, user_cache=cache, max_steps=2, checkpoint_every=1,
+                 gradient_accumulation_steps=2)
     assert res.returncode == 0, res.stderr[-3000:]
     log = _log(out)
     assert [e["step"] for e in log] == [1, 2] and all(math.isfinite(e["loss"]) for e in log)
+    assert [e["lr"] for e in log] == [5e-4, 1e-3]  # warm-up counts optimizer steps, not steps x processes
     assert (out / "adapter" / "user_adapter.safetensors").is_file()
     assert len(list((out / "checkpoints").iterdir())) == 2
+
+
+def _script_main():
+    """``main`` of train/train_ppd.py, imported from its path (a config error stops before the Accelerator)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_ppd", TRAIN_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
 
 
 @pytest.mark.parametrize("override,expected", [
     ("train.lerning_rate=1e-4", ["unknown config key 'train.lerning_rate'", "valid keys", "lr", "beta"]),
     ("train.loss=ppo", ["unknown preference loss 'ppo'", "dpo, inpo, sft"]),
+    ("train.timestep_max=0", ["train.timestep_min (0) must be >= 0 and below train.timestep_max"]),
 ])
-def test_bad_config_exits_2_with_one_line(assets, tmp_path, override, expected):
-    res = _train(assets, tmp_path / "run", "--set", override)
-    assert res.returncode == 2
-    lines = [line for line in res.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("train_ppd: error:"), res.stderr[-2000:]
+def test_bad_config_exits_2_with_one_line(assets, tmp_path, capsys, override, expected):
+    argv = ["--config", str(TINY_CONFIG), *tiny_overrides(assets, tmp_path / "run"), "--set", override]
+    assert _script_main()(argv) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("train_ppd: error:"), lines
     for text in expected:
         assert text in lines[0]
     assert not (tmp_path / "run").exists()

@@ -80,11 +80,12 @@ def train(args) -> int:
 
     # 1. accelerator and seed
     trackers = None if tc.report_to == "none" else tc.report_to
-    if trackers == "wandb":
-        try:
-            import wandb  # noqa: F401
-        except ImportError:
-            raise PixprefError("train.report_to=wandb but wandb is not installed; pip install wandb or use tensorboard") from None
+    if trackers is not None:
+        import importlib.util
+
+        if importlib.util.find_spec(trackers) is None:
+            raise PixprefError(f"train.report_to={trackers} but the {trackers} package is not installed; "
+                               f"pip install {trackers}, or set train.report_to to one of: tensorboard, wandb, none")
     accelerator = Accelerator(
         gradient_accumulation_steps=tc.gradient_accumulation_steps,
         mixed_precision=tc.mixed_precision,
@@ -120,12 +121,21 @@ def train(args) -> int:
             if weight_dtype != torch.float32:  # (a float32 .to(dtype=...) only makes diffusers warn)
                 module.to(dtype=weight_dtype)
     unet, scheduler = pipe.unet, pipe.scheduler
+    timestep_range = (tc.timestep_min, tc.timestep_max or scheduler.config.num_train_timesteps)
+    if timestep_range[1] > scheduler.config.num_train_timesteps or timestep_range[0] >= timestep_range[1]:
+        raise PixprefError(f"train.timestep_min/max {timestep_range} must lie within the scheduler's "
+                           f"{scheduler.config.num_train_timesteps} training timesteps")
     if tc.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         unet.train()  # diffusers only checkpoints in training mode; no dropout in these UNets is trained
 
     from pixpref.data.pairs import iter_meta
 
+    native = unet.config.sample_size * pipe.vae_scale_factor  # the pipeline's own image side
+    sizes = {k: v for k, v in (("data.image_size", cfg.data.image_size), ("model.resolution", cfg.model.resolution)) if v}
+    if len(set(sizes.values())) > 1:
+        raise PixprefError(f"data.image_size and model.resolution disagree ({sizes}); set one of them")
+    cfg.data.image_size = next(iter(sizes.values()), native)  # images are resized to this
     # 3. data: seen users and kept prompts only (unseen users and held-out prompts are for evaluation);
     #    few-shot contexts from a different chunk of the same user
     metas = list(iter_meta(cfg.data.path, cfg.data.format, cfg.data.tie_policy, cfg.data.batch_rows))
@@ -246,7 +256,6 @@ def train(args) -> int:
     log_path = out_dir / "train_log.jsonl"
     nonfinite_in_row, skipped_steps = 0, 0
     t_start = time.time()
-    timestep_range = (tc.timestep_min, tc.timestep_max or scheduler.config.num_train_timesteps)
     progress = tqdm(total=tc.max_steps, initial=global_step, desc=f"ppd-{tc.loss}", disable=not accelerator.is_local_main_process)
     try:
         while global_step < tc.max_steps:

@@ -20,7 +20,6 @@ Outputs in ``out_dir``: ``pairs.npz`` (the labelled pairs, reused on a rerun), `
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -191,8 +190,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- data -------------------------------------------------------------------------------------
     cache = out / "pairs.npz"
-    if cache.is_file() and json.loads(ToyPairs.load(cache).meta.get("data_config", "null") or "null") == to_dict(cfg.data):
-        pairs = ToyPairs.load(cache)
+    pairs = ToyPairs.load(cache) if cache.is_file() else None
+    if pairs is not None and pairs.meta.get("data_config") == json.dumps(to_dict(cfg.data)):
         log(f"reusing {len(pairs)} labelled pairs from {cache}")
     else:
         with accelerator.main_process_first():

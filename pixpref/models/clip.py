@@ -120,7 +120,14 @@ def create_clip(name: str, device: str | torch.device = "cpu") -> tuple[Any, Any
     names = clip_config_names()
     if name not in names:
         raise unknown_name("CLIP config", name, names)
-    model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, device=device)
+    import logging
+
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # open_clip warns "no pretrained weights" on every random init
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, device=device)
+    finally:
+        logging.disable(previous)
     tokenizer = open_clip.get_tokenizer(name)
     return model, preprocess, tokenizer
 

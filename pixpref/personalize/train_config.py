@@ -108,6 +108,17 @@ class TrainSection:
             raise PixprefError(f"train.user_dropout must be in [0, 1], got {self.user_dropout}")
         if self.lora_rank < 0 or self.warmup_steps < 0 or self.validate_every < 0:
             raise PixprefError("train.lora_rank, warmup_steps and validate_every must be >= 0")
+        if not self.max_grad_norm > 0:
+            raise PixprefError(f"train.max_grad_norm must be > 0, got {self.max_grad_norm}")
+        if not 0 <= self.inversion_eta <= 1:
+            raise PixprefError(f"train.inversion_eta must be in [0, 1], got {self.inversion_eta}")
+        if self.timestep_min < 0 or (self.timestep_max is not None and self.timestep_max <= self.timestep_min):
+            raise PixprefError(
+                f"train.timestep_min ({self.timestep_min}) must be >= 0 and below train.timestep_max "
+                f"({self.timestep_max}; null = the scheduler's num_train_timesteps)"
+            )
+        if self.validate_every and (self.validation_users < 1 or self.validation_steps < 1):
+            raise PixprefError("train.validation_users and train.validation_steps must be >= 1")
 
 
 @dataclass

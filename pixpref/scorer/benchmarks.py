@@ -133,8 +133,8 @@ def pickapic_accuracy(scorer: Any, path: str | Path, dimension: str = "overall",
     Returns ``accuracy`` (ties count half for any prediction), ``accuracy_decided`` (ties left out) and the
     counts. ``image_size`` decodes images at that size (default: as stored; the scorer resizes anyway).
     """
-    from pixpref.data.pickapic import iter_pickapic
     from pixpref.data.pairs import ReadStats
+    from pixpref.data.pickapic import iter_pickapic
 
     stats = ReadStats()
     credit, decided_ok, n, ties = 0.0, 0, 0, 0
