@@ -51,6 +51,16 @@ def _adapter(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "user_adapter.safetensors"))
 
 
+def _script_main():
+    """``main`` of train/train_ppd.py, imported from its path (a config error stops before the Accelerator)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_ppd", TRAIN_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
 @pytest.mark.parametrize("loss", ["dpo", "inpo"])
 def test_runs_and_writes_everything(assets, cache, tmp_path, loss):
     out = tmp_path / "run"
@@ -76,14 +86,15 @@ def test_runs_and_writes_everything(assets, cache, tmp_path, loss):
         assert len(pngs) == 1 and pngs[0].stat().st_size > 0
 
 
-def test_resume_matches_uninterrupted_run(assets, cache, tmp_path):
+def test_resume_matches_uninterrupted_run(assets, cache, tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
     common = dict(user_cache=cache, checkpoint_every=2, user_dropout=0.5)  # dropout draws from the step seed too
     assert (res := _train(assets, a, max_steps=4, **common)).returncode == 0, res.stderr[-3000:]
     assert (res := _train(assets, b, max_steps=2, **common)).returncode == 0, res.stderr[-3000:]
-    # without --resume an existing run is refused, not mixed with the new one
-    res = _train(assets, b, max_steps=4, **common)
-    assert res.returncode == 2 and "--resume latest" in res.stderr
+    # without --resume an existing run is refused, not mixed with the new one (checked before any model loads)
+    argv = ["--config", str(TINY_CONFIG), *tiny_overrides(assets, b, max_steps=4)]
+    assert _script_main()(argv) == 2
+    assert "pass --resume latest to continue it, --overwrite to replace it" in capsys.readouterr().err
     res = _train(assets, b, "--resume", "latest", max_steps=4, **common)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resumed from" in res.stdout + res.stderr
@@ -117,16 +128,6 @@ def test_two_cpu_processes(assets, cache, tmp_path):
     assert [e["lr"] for e in log] == [5e-4, 1e-3]  # warm-up counts optimizer steps, not steps x processes
     assert (out / "adapter" / "user_adapter.safetensors").is_file()
     assert len(list((out / "checkpoints").iterdir())) == 2
-
-
-def _script_main():
-    """``main`` of train/train_ppd.py, imported from its path (a config error stops before the Accelerator)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_ppd", TRAIN_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
 
 
 @pytest.mark.parametrize("override,expected", [

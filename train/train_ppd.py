@@ -78,6 +78,11 @@ def train(args) -> int:
     loss_spec = get_loss(tc.loss)
     beta = tc.beta if tc.beta is not None else loss_spec.default_beta
 
+    earlier = [name for name in RUN_OUTPUTS if (out_dir / name).exists()]
+    if earlier and not args.resume and not args.overwrite:
+        raise PixprefError(f"{out_dir} holds an earlier run ({', '.join(earlier)}); pass --resume latest to "
+                           "continue it, --overwrite to replace it, or choose another train.output_dir")
+
     # 1. accelerator and seed
     trackers = None if tc.report_to == "none" else tc.report_to
     if trackers is not None:
@@ -97,10 +102,6 @@ def train(args) -> int:
     )
     set_seed(tc.seed)
     device = accelerator.device
-    earlier = [name for name in RUN_OUTPUTS if (out_dir / name).exists()]
-    if earlier and not args.resume and not args.overwrite:
-        raise PixprefError(f"{out_dir} holds an earlier run ({', '.join(earlier)}); pass --resume latest to "
-                           "continue it, --overwrite to replace it, or choose another train.output_dir")
     if accelerator.is_main_process:
         if earlier and not args.resume:
             for name in earlier:
@@ -129,15 +130,16 @@ def train(args) -> int:
         unet.enable_gradient_checkpointing()
         unet.train()  # diffusers only checkpoints in training mode; no dropout in these UNets is trained
 
+    # 3. data: seen users and kept prompts only (unseen users and held-out prompts are for evaluation);
+    #    few-shot contexts from a different chunk of the same user. Images are resized to data.image_size,
+    #    else model.resolution, else the pipeline's native size.
     from pixpref.data.pairs import iter_meta
 
-    native = unet.config.sample_size * pipe.vae_scale_factor  # the pipeline's own image side
+    native = unet.config.sample_size * pipe.vae_scale_factor
     sizes = {k: v for k, v in (("data.image_size", cfg.data.image_size), ("model.resolution", cfg.model.resolution)) if v}
     if len(set(sizes.values())) > 1:
         raise PixprefError(f"data.image_size and model.resolution disagree ({sizes}); set one of them")
-    cfg.data.image_size = next(iter(sizes.values()), native)  # images are resized to this
-    # 3. data: seen users and kept prompts only (unseen users and held-out prompts are for evaluation);
-    #    few-shot contexts from a different chunk of the same user
+    cfg.data.image_size = next(iter(sizes.values()), native)
     metas = list(iter_meta(cfg.data.path, cfg.data.format, cfg.data.tie_policy, cfg.data.batch_rows))
     splits = make_splits(metas, cfg.data.unseen_user_fraction, cfg.data.heldout_prompt_fraction, cfg.data.seed)
     unseen = splits.unseen_user_ids
@@ -191,15 +193,18 @@ def train(args) -> int:
         return tc.lr * min(1.0, (step + 1) / max(1, tc.warmup_steps))
 
     # 7. checkpoints hold only what trains (the adapter, and LoRA weights if any) plus optimizer state
+    def save_trainable(inner, directory: Path) -> None:
+        inner.adapter.save_pretrained(directory)
+        if tc.lora_rank > 0:
+            from peft.utils import get_peft_model_state_dict
+            from safetensors.torch import save_file
+
+            save_file(get_peft_model_state_dict(inner.unet), str(directory / "unet_lora.safetensors"),
+                      metadata={"lora_rank": str(tc.lora_rank), "target_modules": "to_q,to_k,to_v,to_out.0"})
+
     def save_hook(models, weights, output_dir):
         if accelerator.is_main_process:
-            inner = accelerator.unwrap_model(models[0])
-            inner.adapter.save_pretrained(Path(output_dir) / "user_adapter")
-            if tc.lora_rank > 0:
-                from peft.utils import get_peft_model_state_dict
-                from safetensors.torch import save_file
-
-                save_file(get_peft_model_state_dict(inner.unet), str(Path(output_dir) / "unet_lora.safetensors"))
+            save_trainable(accelerator.unwrap_model(models[0]), Path(output_dir) / "user_adapter")
         weights.clear()
 
     def load_hook(models, input_dir):
@@ -210,7 +215,7 @@ def train(args) -> int:
             from peft.utils import set_peft_model_state_dict
             from safetensors.torch import load_file
 
-            set_peft_model_state_dict(inner.unet, load_file(str(Path(input_dir) / "unet_lora.safetensors")))
+            set_peft_model_state_dict(inner.unet, load_file(str(Path(input_dir) / "user_adapter" / "unet_lora.safetensors")))
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
@@ -341,8 +346,7 @@ def train(args) -> int:
         # 10. final adapter
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            final = accelerator.unwrap_model(model)
-            final.adapter.save_pretrained(out_dir / "adapter")
+            save_trainable(accelerator.unwrap_model(model), out_dir / "adapter")
             accelerator.print(f"saved the adapter to {out_dir / 'adapter'} after {global_step} steps "
                               f"({time.time() - t_start:.0f} s, {skipped_steps} skipped)")
     finally:

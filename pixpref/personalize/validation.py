@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,12 @@ def validation_grid(model: Any, pipe: Any, arrays: Any, plan: Any, chunk_embeddi
             kwargs = None
             if user_tokens is not None:
                 kwargs = model.adapter.attention_kwargs(torch.cat([user_tokens, user_tokens]), scale=1.0)
-            images = pipe(prompt, num_images_per_prompt=num_images, num_inference_steps=tc.validation_steps,
-                          guidance_scale=2.0, generator=torch.Generator().manual_seed(tc.seed),
-                          cross_attention_kwargs=kwargs, output_type="np").images
+            # the base row is the frozen base model (LoRA, if trained, disabled), the same seeds
+            context = model.reference() if user_tokens is None else contextlib.nullcontext()
+            with context:
+                images = pipe(prompt, num_images_per_prompt=num_images, num_inference_steps=tc.validation_steps,
+                              guidance_scale=2.0, generator=torch.Generator().manual_seed(tc.seed),
+                              cross_attention_kwargs=kwargs, output_type="np").images
             rows.append((np.asarray(images) * 255 + 0.5).clip(0, 255).astype(np.uint8))
         if len(seen_users) >= tc.validation_users:
             break

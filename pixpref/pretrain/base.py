@@ -47,6 +47,9 @@ class ModelArch:
     text_layers: int = 2
     text_heads: int = 4
     max_length: int = 16  # tokens per prompt incl. <bos>/<eos>
+    # also add an attention-pooled text embedding to the time embedding (diffusers addition_embed_type="text"),
+    # so every ResNet block sees the prompt; cross-attention alone learned the prompt too slowly here
+    pooled_text_embedding: bool = True
 
     def __post_init__(self):
         if not self.block_out_channels or any(c % self.norm_num_groups for c in self.block_out_channels):
@@ -126,6 +129,8 @@ def build_unet(arch: ModelArch, seed: int = 0):
             attention_head_dim=arch.attention_head_dim,
             norm_num_groups=arch.norm_num_groups,
             cross_attention_dim=arch.text_hidden_size,
+            addition_embed_type="text" if arch.pooled_text_embedding else None,
+            addition_embed_type_num_heads=arch.text_heads,
         )
 
 
