@@ -26,14 +26,14 @@ def _setup(kind, init="zero"):
     return model, batch
 
 
-def _train_step(model, batch, loss_name, steps=1, prediction_type="epsilon"):
+def _train_step(model, batch, loss_name, steps=1, prediction_type="epsilon", beta=50.0):
     sched = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-2)
     losses = []
     for step in range(steps):
         loss, metrics = preference_loss(model, batch, get_loss(loss_name), sched, torch.Generator().manual_seed(step),
-                                        beta=50.0, inversion_steps=3)
+                                        beta=beta, inversion_steps=3)
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -69,7 +69,7 @@ def test_sft_step_and_v_prediction():
 def test_dpo_learns_to_prefer_winners():
     """A few steps on a fixed batch raise the implicit accuracy and lower the loss below log 2."""
     model, batch = _setup("sd15")
-    history = _train_step(model, batch, "dpo", steps=12)
+    history = _train_step(model, batch, "dpo", steps=12, beta=500.0)
     assert history[-1][0] < history[0][0] - 0.05
     assert float(history[-1][1]["implicit_acc"]) == 1.0
 

@@ -30,6 +30,25 @@ def shipped_adapter_dir(name: str = "dpo") -> Path:
     return Path(__file__).resolve().parent.parent / "pretrained" / "toy" / f"adapter_{name}"
 
 
+def load_lora(unet: Any, folder: Path) -> bool:
+    """Attach the UNet LoRA trained beside an adapter (``unet_lora.safetensors``), if there is one."""
+    path = Path(folder) / "unet_lora.safetensors"
+    if not path.is_file():
+        return False
+    from peft import LoraConfig
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    ranks = {v.shape[0] for k, v in state.items() if "lora_A" in k}
+    if len(ranks) != 1:
+        raise PixprefError(f"{path} does not look like a pixpref UNet LoRA (ranks found: {sorted(ranks)})")
+    rank = ranks.pop()
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    set_peft_model_state_dict(unet, state)
+    return True
+
+
 def interpolate_users(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
     """Linear interpolation (1 - alpha) * a + alpha * b of two user embeddings of the same shape."""
     if a.shape != b.shape:
@@ -59,6 +78,7 @@ class PersonalizedSampler:
         pipe = load_pipeline(base, device=device)
         pipe.set_progress_bar_config(disable=True)
         folder = shipped_adapter_dir(adapter) if str(adapter) in SHIPPED_ADAPTERS else Path(adapter)
+        load_lora(pipe.unet, folder)
         ada = UserAdapter.from_pretrained(folder, pipe.unet).float()
         return cls(pipe, ada, encoder, base_name=str(base))
 
