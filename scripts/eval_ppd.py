@@ -47,7 +47,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="toy PPD data folder (users.json, unseen-*.parquet)")
-    ap.add_argument("--adapters", nargs="+", required=True, metavar="NAME=DIR")
+    ap.add_argument("--adapters", nargs="*", default=[], metavar="NAME=DIR")
+    ap.add_argument("--pooling", default="image_contrast_all_layers", help="user-encoder pooling the adapters were trained with")
     ap.add_argument("--oracle-adapter", default=None, help="adapter trained on true utility weights (upper bound)")
     ap.add_argument("--base", default="toy")
     ap.add_argument("--k", nargs="+", type=int, default=[4])
@@ -67,7 +68,7 @@ def main(argv=None) -> int:
         personalized_images,
         win_rate,
     )
-    from pixpref.personalize.user_encoder import UserEncoder
+    from pixpref.personalize.user_encoder import UserEncoder, UserEncoderConfig
     from pixpref.toyworld.users import load_users
 
     t0 = time.time()
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
     pipe.set_progress_bar_config(disable=True)
     setup = EvalSetup(prompts=EVAL_PROMPTS, seeds=args.seeds, steps=args.steps)
     base = base_images(pipe, setup)
-    encoder = UserEncoder.from_pretrained("toy")
+    encoder = UserEncoder.from_pretrained("toy", UserEncoderConfig(pooling=args.pooling)) if args.adapters else None
     report: dict = {"users": len(users), "prompts": EVAL_PROMPTS, "images_per_prompt": args.seeds,
                     "steps": args.steps, "adapters": {}, "few_shot": {}}
 
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
 
     installed: list = []
     emb_by_k = {}
-    for k in sorted(set(args.k) | {4}):
+    for k in (sorted(set(args.k) | {4}) if encoder is not None else []):
         examples = user_examples(data, users, k)
         emb_by_k[k] = encoder.encode([examples[str(u.id)] for u in users])  # (U, T, D)
 

@@ -19,7 +19,8 @@ from pixpref.models.pipeline import PixprefPipeline
 from pixpref.models.text import build_tokenizer
 from pixpref.pretrain.base import ModelArch, PretrainConfig, build_pipeline
 
-TINY_ARCH = dict(block_out_channels=[16, 32], cross_attention=[False, True], norm_num_groups=8, text_hidden_size=32, text_layers=1, text_heads=2)
+TINY_ARCH = dict(block_out_channels=[16, 32], cross_attention=[False, True], zero_init_text_injection=False,
+                 norm_num_groups=8, text_hidden_size=32, text_layers=1, text_heads=2)
 
 
 def tiny_toy_pipeline() -> PixprefPipeline:

@@ -60,7 +60,7 @@ def build_user_cache(user_cfg: Any, arrays: Any, chunks: list, path: Path, accel
         missing = sorted({c.user_id for c in chunks} - set(weights))
         if missing:
             raise PixprefError(f"users {missing[:5]} have pairs but are not in {user_cfg.users_file}")
-        tensors = {UserEmbeddingCache.key(c.user_id, c.chunk): weights[c.user_id].contiguous() for c in chunks}
+        tensors = {UserEmbeddingCache.key(c.user_id, c.chunk): weights[c.user_id].clone().contiguous() for c in chunks}
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
         return UserEmbeddingCache(tensors, meta)
