@@ -18,11 +18,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Until the Gradio demo lands, the main job renders toy-world samples and samples the shipped base model.
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(VENV)/bin/pixpref demo
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pixpref toyworld render --n 32 --seed 0 --out outputs/toy_world.png --overwrite
+	HF_HUB_OFFLINE=1 $(VENV)/bin/pixpref generate --prompt "a red star" --num-images 8 --seed 0 --out outputs/red_star --overwrite
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(PY) -m pytest -q -m "not slow"
+	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/run_all.py
