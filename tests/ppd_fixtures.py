@@ -23,7 +23,6 @@ IMAGE_SIZE = 16
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "configs" / "toy" / "ppd_tiny.yaml"
 TRAIN_SCRIPT = REPO / "train" / "train_ppd.py"
-WORDS = "a an the red green blue star circle square small large on of in with picture photo"
 
 
 def make_pipeline_dir(path: Path, size: int = IMAGE_SIZE) -> Path:
@@ -49,44 +48,10 @@ def make_pipeline_dir(path: Path, size: int = IMAGE_SIZE) -> Path:
 
 
 def make_vlm_dir(path: Path) -> Path:
-    """A tiny LLaVA (CLIP vision 32 px / 8 px patches, 2-layer Llama of width 32) and its processor."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import (
-        CLIPImageProcessorPil,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-        PreTrainedTokenizerFast,
-    )
+    """A tiny LLaVA and its processor (tests/tiny.py), saved as a local VLM folder."""
+    from tiny import make_vlm
 
-    from pixpref.personalize.user_encoder import PAIR_TEMPLATE, PREAMBLE, REQUEST
-
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    corpus = [PREAMBLE, PAIR_TEMPLATE, REQUEST, WORDS]
-    tok.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=["<unk>", "<pad>", "<s>", "</s>", "<image>"]))
-    ftok = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-        extra_special_tokens={"image_token": "<image>"},
-    )
-    proc = LlavaProcessor(
-        image_processor=CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-        tokenizer=ftok, patch_size=8, vision_feature_select_strategy="default", num_additional_image_tokens=1,
-    )
-    torch.manual_seed(0)
-    cfg = LlavaConfig(
-        vision_config=CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
-                                       num_hidden_layers=1, num_attention_heads=2),
-        text_config=LlamaConfig(vocab_size=len(ftok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
-                                pad_token_id=ftok.pad_token_id),
-        image_token_index=ftok.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="default",
-        image_seq_length=16,
-    )
-    model = LlavaForConditionalGeneration(cfg).eval()
+    model, proc = make_vlm()
     model.save_pretrained(path)
     proc.save_pretrained(path)
     return Path(path)

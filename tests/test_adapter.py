@@ -9,6 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
+from tiny import make_unet
 
 from pixpref.errors import PixprefError
 from pixpref.personalize.adapter import (
@@ -21,45 +22,6 @@ from pixpref.personalize.adapter import (
 )
 
 EMBED_DIM, NUM_TOKENS, BATCH = 24, 5, 3
-
-
-def make_unet(kind: str, cross_attention_dim: int | None = None, layers_per_block: int = 1):
-    from diffusers import UNet2DConditionModel
-
-    torch.manual_seed(0)
-    if kind == "sd15":
-        unet = UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=(32, 64),
-            layers_per_block=layers_per_block,
-            norm_num_groups=8,
-            attention_head_dim=8,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=cross_attention_dim or 32,
-        )
-    else:  # SDXL-shaped: text_time added conditioning, linear projections, 2 transformer layers per block
-        unet = UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=(32, 64),
-            layers_per_block=layers_per_block,
-            norm_num_groups=8,
-            attention_head_dim=(2, 4),
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            use_linear_projection=True,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=8,
-            transformer_layers_per_block=(1, 2),
-            projection_class_embeddings_input_dim=80,
-            cross_attention_dim=cross_attention_dim or 64,
-        )
-    unet.requires_grad_(False)
-    return unet.eval()
 
 
 def make_inputs(unet, kind: str, seed: int = 1):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from pixpref.personalize.evaluate import WinResult, win_rate, wilson
+from pixpref.personalize.evaluate import WinResult, wilson, win_rate
 from pixpref.toyworld.render import render
 from pixpref.toyworld.scene import Scene
 from pixpref.toyworld.users import Term, User

@@ -16,39 +16,9 @@ from pixpref.personalize.user_encoder import UserEncoder, UserEncoderConfig, bui
 
 @pytest.fixture(scope="module")
 def tiny_vlm():
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import (
-        CLIPImageProcessorPil,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-        PreTrainedTokenizerFast,
-    )
+    from tiny import make_vlm
 
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    words = "you will be shown a few examples of preferred and dispreferred images prompt red star blue circle "
-    words += "describe what this user prefers in style quality aesthetics profile : ."
-    tok.train_from_iterator([words], trainers.WordLevelTrainer(special_tokens=["<unk>", "<pad>", "<s>", "</s>", "<image>"]))
-    ftok = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-        extra_special_tokens={"image_token": "<image>"},
-    )
-    proc = LlavaProcessor(
-        image_processor=CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-        tokenizer=ftok, patch_size=8, vision_feature_select_strategy="default", num_additional_image_tokens=1,
-    )
-    torch.manual_seed(0)
-    cfg = LlavaConfig(
-        vision_config=CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
-                                       num_hidden_layers=2, num_attention_heads=2),
-        text_config=LlamaConfig(vocab_size=len(ftok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512),
-        image_token_index=ftok.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="default",
-    )
-    return LlavaForConditionalGeneration(cfg).eval(), proc
+    return make_vlm()
 
 
 def _pairs(seed, n=4):

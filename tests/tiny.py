@@ -39,3 +39,47 @@ def sdxl_added(batch: int, generator: torch.Generator | None = None) -> dict:
     """added_cond_kwargs for the tiny SDXL-shaped UNet (pooled text 32 + 6 time ids x 8 = 80)."""
     return {"text_embeds": torch.randn(batch, 32, generator=generator),
             "time_ids": torch.randn(batch, 6, generator=generator)}
+
+
+TINY_VLM_WORDS = "a an the red green blue star circle square small large on of in with picture photo"
+
+
+def make_vlm():
+    """A tiny LLaVA (CLIP vision 32 px / 8 px patches, 2-layer Llama of width 32) and its processor, with a
+    word-level tokenizer built offline over the user-encoder prompt and a few toy words."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
+
+    from pixpref.personalize.user_encoder import PAIR_TEMPLATE, PREAMBLE, REQUEST
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    corpus = [PREAMBLE, PAIR_TEMPLATE, REQUEST, TINY_VLM_WORDS]
+    tok.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=["<unk>", "<pad>", "<s>", "</s>", "<image>"]))
+    ftok = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    proc = LlavaProcessor(
+        image_processor=CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=ftok, patch_size=8, vision_feature_select_strategy="default", num_additional_image_tokens=1,
+    )
+    torch.manual_seed(0)
+    cfg = LlavaConfig(
+        vision_config=CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+                                       num_hidden_layers=1, num_attention_heads=2),
+        text_config=LlamaConfig(vocab_size=len(ftok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
+                                pad_token_id=ftok.pad_token_id),
+        image_token_index=ftok.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="default",
+        image_seq_length=16,
+    )
+    return LlavaForConditionalGeneration(cfg).eval(), proc
