@@ -27,7 +27,7 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) benchmarks/run_all.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_ppd_step.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pixpref train tests benchmarks

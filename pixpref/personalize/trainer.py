@@ -111,6 +111,15 @@ def preference_loss(
     prediction_type = scheduler.config.prediction_type
 
     t = torch.randint(lo, hi, (b,), generator=generator).to(device)  # (B,)
+    if not loss.needs_losers:  # SFT: the winners alone, B images
+        keep = drop_user_tokens(batch.user, user_dropout, generator).to(device)
+        noise = torch.randn(batch.x0_w.shape, generator=generator).to(device, batch.x0_w.dtype)
+        x_t = scheduler.add_noise(batch.x0_w, noise, t)
+        target = target_for(prediction_type, scheduler, batch.x0_w, noise, t)
+        pred = model(x_t, t, batch.text, user_embedding=batch.user, user_mask=keep, added_cond_kwargs=batch.added)
+        value, metrics = loss(per_sample_mse(pred, target))
+        metrics["user_kept"] = keep.float().mean()
+        return value, metrics
     t2 = torch.cat([t, t])  # (2B,) same timestep for winner and loser
     x0 = torch.cat([batch.x0_w, batch.x0_l])  # (2B, C, H, W)
     text = torch.cat([batch.text, batch.text])
