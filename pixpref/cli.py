@@ -25,8 +25,6 @@ COMMAND_MODULES = [
     "pixpref.pretrain.cli",
     "pixpref.personalize.cli",
     "pixpref.scorer.cli",
-    "pixpref.eval_cli",
-    "pixpref.demo_cli",
 ]
 
 
@@ -38,13 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod_name in COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(mod_name)
-        except ModuleNotFoundError as e:
-            if e.name == mod_name:  # command group not built yet
-                continue
-            raise
-        mod.register(sub)
+        importlib.import_module(mod_name).register(sub)
     return parser
 
 

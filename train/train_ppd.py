@@ -66,7 +66,7 @@ def train(args) -> int:
     from pixpref.personalize.adapter import UserAdapter, UserAdapterConfig
     from pixpref.personalize.conditioning import encode_text, images_to_tensor, to_latents
     from pixpref.personalize.dataset import load_pairs, plan_contexts, sample_batch, step_generator
-    from pixpref.personalize.embeddings import UserEmbeddingCache, check_embedding
+    from pixpref.personalize.embeddings import UserEmbeddingCache, check_embedding, write_user_encoder_spec
     from pixpref.personalize.losses import get_loss
     from pixpref.personalize.train_config import PPDConfig
     from pixpref.personalize.trainer import PairBatch, PersonalizedUNet, preference_loss
@@ -195,6 +195,8 @@ def train(args) -> int:
     # 7. checkpoints hold only what trains (the adapter, and LoRA weights if any) plus optimizer state
     def save_trainable(inner, directory: Path) -> None:
         inner.adapter.save_pretrained(directory)
+        # which user embeddings this adapter reads: samplers rebuild the same encoder from it
+        write_user_encoder_spec(directory, cfg.user)
         if tc.lora_rank > 0:
             from peft.utils import get_peft_model_state_dict
             from safetensors.torch import save_file

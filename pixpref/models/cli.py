@@ -1,7 +1,11 @@
 """``pixpref generate``: sample images from the shipped toy model or a local SD 1.5 / SDXL folder.
 
     pixpref generate --prompt "a red star" --num-images 8 --seed 0 --out outputs/red_star \\
-        [--model toy|sd15|sdxl|PATH] [--steps 25] [--guidance-scale G] [--scheduler ddim|ddpm|euler|dpm]
+        [--model toy|sd15|sdxl|PATH] [--steps 25] [--guidance-scale G] [--scheduler ddim|ddpm|euler|dpm] \\
+        [--user USER.safetensors | --user-pairs PAIRS.jsonl] [--user-scale X] [--adapter dpo|inpo|DIR]
+
+With a user, the user adapter (default: the shipped toy DPO adapter) is installed and the images are
+personalized; with no user (or --user-scale 0) they equal the base model's for the same seed.
 
 Writes ``000.png ... NNN.png``, ``grid.png`` and ``generate.json`` (the settings) into ``--out``. The same
 seed gives the same images.
@@ -43,6 +47,43 @@ def generate_images(pipe, prompt: str, num_images: int, seed: int, steps: int, g
     return (np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
+def _personalized_images(pipe, args: argparse.Namespace, steps: int, guidance: float):
+    """Install the user adapter on ``pipe`` and sample for the user given by --user or --user-pairs."""
+    import math
+    from pathlib import Path
+
+    import numpy as np
+
+    from pixpref.personalize.adapter import UserAdapter
+    from pixpref.personalize.embeddings import load_user_embedding, read_user_encoder_spec
+    from pixpref.personalize.pipeline import (
+        SHIPPED_ADAPTERS,
+        PersonalizedSampler,
+        load_lora,
+        shipped_adapter_dir,
+    )
+
+    if not math.isfinite(args.user_scale):
+        raise PixprefError(f"--user-scale must be a finite number, got {args.user_scale}")
+    folder = shipped_adapter_dir(args.adapter) if args.adapter in SHIPPED_ADAPTERS else Path(args.adapter)
+    load_lora(pipe.unet, folder)
+    sampler = PersonalizedSampler(pipe, UserAdapter.from_pretrained(folder, pipe.unet).float(), base_name=str(args.model))
+    sampler.encoder_spec = read_user_encoder_spec(folder)
+    if args.user is not None:
+        user, meta = load_user_embedding(args.user, expected_dim=sampler.adapter.config.embed_dim)
+        wanted = sampler.encoder_spec["pooling"]
+        if meta.get("pooling", wanted) != wanted:
+            raise PixprefError(f"{args.user} was pooled with {meta['pooling']!r} but the adapter reads {wanted!r} "
+                               f"embeddings; re-run embed-user with --pooling {wanted}")
+    else:
+        from pixpref.personalize.cli import read_user_pairs
+
+        user = sampler.embed_user(read_user_pairs(args.user_pairs, image_size=pipe.unet.config.sample_size))
+    images = sampler(args.prompt, user=user, user_scale=args.user_scale, num_images=args.num_images, seed=args.seed,
+                     num_inference_steps=steps, guidance_scale=guidance, output_type="np")
+    return (np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     check_generate_args(args)
     from pixpref.io_utils import atomic_path, check_output_path
@@ -56,13 +97,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from pixpref.models.diffusion import default_settings, load_pipeline, set_scheduler
     from pixpref.toyworld.render import make_grid
 
+    user_given = args.user is not None or args.user_pairs is not None
+    if args.user is not None and args.user_pairs is not None:
+        raise PixprefError("give either --user USER.safetensors or --user-pairs PAIRS.jsonl, not both")
     pipe = load_pipeline(args.model)
     default_steps, default_guidance = default_settings(pipe, args.model)
     steps = args.steps if args.steps is not None else default_steps
     guidance = args.guidance_scale if args.guidance_scale is not None else default_guidance
     if args.scheduler is not None:
         set_scheduler(pipe, args.scheduler)
-    images = generate_images(pipe, args.prompt, args.num_images, args.seed, steps, guidance)
+    if user_given:
+        images = _personalized_images(pipe, args, steps, guidance)
+    else:  # no user: exactly the base model for this seed
+        images = generate_images(pipe, args.prompt, args.num_images, args.seed, steps, guidance)
 
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -75,6 +122,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     with atomic_path(out / "grid.png") as tmp:
         make_grid(images, ncols=min(8, len(images)), upscale=upscale).save(tmp, format="PNG")
     settings = {"prompt": args.prompt, "model": str(args.model), "num_images": args.num_images, "seed": args.seed,
+                "user": args.user or args.user_pairs, "user_scale": args.user_scale if user_given else None,
+                "adapter": args.adapter if user_given else None,
                 "steps": steps, "guidance_scale": guidance, "scheduler": type(pipe.scheduler).__name__,
                 "images": paths}
     with atomic_path(out / "generate.json") as tmp:
@@ -97,5 +146,9 @@ def register(subparsers) -> None:
                    help="classifier-free guidance scale >= 1 (default: the model's; toy 2.0)")
     p.add_argument("--scheduler", default=None, choices=SCHEDULER_NAMES,
                    help="sampling scheduler (default: the one saved with the model; toy ddim)")
+    p.add_argument("--user", default=None, help="a user embedding (USER.safetensors from `pixpref embed-user`)")
+    p.add_argument("--user-pairs", default=None, help="a user's pairwise choices (JSONL folder format)")
+    p.add_argument("--user-scale", type=float, default=1.0, help="personalization strength (0 = base model)")
+    p.add_argument("--adapter", default="dpo", help="user adapter: dpo or inpo (shipped toy adapters) or a folder")
     p.add_argument("--overwrite", action="store_true", help="write into an existing --out folder")
     p.set_defaults(func=cmd_generate)

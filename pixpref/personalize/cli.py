@@ -23,7 +23,17 @@ def _cmd_embed_user(args: argparse.Namespace) -> int:
     from pixpref.personalize.user_encoder import UserEncoder, UserEncoderConfig
 
     check_output_path(args.out, args.overwrite)
-    config = UserEncoderConfig(vlm=args.vlm, pooling=args.pooling, max_pairs=args.max_pairs)
+    pooling = args.pooling
+    if pooling is None:  # the pooling the adapter that will read this profile was trained with
+        from pathlib import Path
+
+        from pixpref.personalize.embeddings import read_user_encoder_spec
+        from pixpref.personalize.pipeline import SHIPPED_ADAPTERS, shipped_adapter_dir
+
+        folder = shipped_adapter_dir(args.adapter) if args.adapter in SHIPPED_ADAPTERS else Path(args.adapter)
+        pooling = read_user_encoder_spec(folder)["pooling"]
+    args.pooling = pooling
+    config = UserEncoderConfig(vlm=args.vlm, pooling=pooling, max_pairs=args.max_pairs)
     pairs = read_user_pairs(args.pairs, image_size=args.image_size)
     encoder = UserEncoder.from_pretrained(args.vlm, config)
     emb = encoder.encode_one(pairs)
@@ -43,7 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pairs", required=True, help="JSONL pair file (image paths relative to it)")
     p.add_argument("--out", required=True, help="output USER.safetensors")
     p.add_argument("--vlm", default="toy", help="'toy' (shipped) or a local VLM folder")
-    p.add_argument("--pooling", default="last_token_all_layers", choices=POOLINGS)
+    p.add_argument("--pooling", default=None, choices=POOLINGS,
+                   help="how hidden states become user tokens (default: what --adapter was trained with)")
+    p.add_argument("--adapter", default="dpo", help="the adapter that will read this profile: dpo, inpo or a folder")
     p.add_argument("--max-pairs", type=int, default=8, help="most examples read in one prompt")
     p.add_argument("--image-size", type=int, default=32, help="images are resized to this (toy: 32)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")

@@ -24,6 +24,7 @@ from pixpref.errors import PixprefError
 from pixpref.io_utils import atomic_path
 
 PROFILE_KEY = "user_embedding"
+USER_ENCODER_SPEC = "user_encoder.json"  # beside an adapter: which embeddings it was trained on
 
 
 def check_embedding(emb: torch.Tensor, expected_dim: int | None = None, where: str = "user embedding") -> torch.Tensor:
@@ -161,3 +162,24 @@ def precompute_cache(
             out_path.with_name(f"{out_path.name}.shard{r}").unlink(missing_ok=True)
     accelerator.wait_for_everyone()
     return UserEmbeddingCache.load(out_path)
+
+
+def write_user_encoder_spec(directory: str | Path, user_cfg: Any) -> Path:
+    """Record beside an adapter which user embeddings it reads (source, VLM, pooling)."""
+    spec = {"source": user_cfg.source, "vlm": user_cfg.vlm, "pooling": user_cfg.pooling,
+            "generate_tokens": user_cfg.generate_tokens}
+    path = Path(directory) / USER_ENCODER_SPEC
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(spec, indent=1) + "\n")
+    return path
+
+
+def read_user_encoder_spec(directory: str | Path) -> dict[str, Any]:
+    """The spec written by :func:`write_user_encoder_spec`; PPD's defaults if the folder has none."""
+    path = Path(directory) / USER_ENCODER_SPEC
+    if not path.is_file():
+        return {"source": "vlm", "vlm": "toy", "pooling": "last_token_all_layers", "generate_tokens": 0}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise PixprefError(f"{path} is not valid JSON: {e}") from None

@@ -19,7 +19,7 @@ import torch
 
 from pixpref.errors import PixprefError, unknown_name
 from pixpref.personalize.adapter import UserAdapter
-from pixpref.personalize.embeddings import check_embedding
+from pixpref.personalize.embeddings import check_embedding, read_user_encoder_spec
 
 SHIPPED_ADAPTERS = ("dpo", "inpo")
 
@@ -67,6 +67,7 @@ class PersonalizedSampler:
         self.adapter = adapter.to(pipe.unet.device).eval().requires_grad_(False)
         self.adapter.install(pipe.unet)
         self._encoder = encoder
+        self.encoder_spec: dict | None = None  # set by from_pretrained from the adapter folder
 
     @classmethod
     def from_pretrained(
@@ -80,15 +81,23 @@ class PersonalizedSampler:
         folder = shipped_adapter_dir(adapter) if str(adapter) in SHIPPED_ADAPTERS else Path(adapter)
         load_lora(pipe.unet, folder)
         ada = UserAdapter.from_pretrained(folder, pipe.unet).float()
-        return cls(pipe, ada, encoder, base_name=str(base))
+        sampler = cls(pipe, ada, encoder, base_name=str(base))
+        sampler.encoder_spec = read_user_encoder_spec(folder)
+        return sampler
 
     @property
     def encoder(self):
         """The user encoder (VLM), loaded on first use."""
         if self._encoder is None:
-            from pixpref.personalize.user_encoder import UserEncoder
+            from pixpref.personalize.user_encoder import UserEncoder, UserEncoderConfig
 
-            self._encoder = UserEncoder.from_pretrained("toy")
+            spec = self.encoder_spec or read_user_encoder_spec("")
+            if spec.get("source", "vlm") != "vlm":
+                raise PixprefError(f"this adapter was trained on {spec['source']!r} embeddings, not on a VLM's; "
+                                   "pass a user embedding of that kind instead of examples")
+            config = UserEncoderConfig(vlm=spec["vlm"], pooling=spec["pooling"],
+                                       generate_tokens=int(spec.get("generate_tokens", 0)))
+            self._encoder = UserEncoder.from_pretrained(spec["vlm"], config)
         return self._encoder
 
     def embed_user(self, pairs) -> torch.Tensor:
