@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from pixpref.errors import PixprefError
+from pixpref.pretrain.schedule import warmup_cosine
 from pixpref.toyworld.scene import PROMPT_TEMPLATES, Scene, caption, sample_scene
 
 
@@ -152,11 +153,7 @@ def _tokenize_unique(tokenizer: Any, texts: list[str]):
 
 
 def _lr_at(step: int, cfg: PretrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    floor = cfg.lr * cfg.min_lr_ratio
-    return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+    return warmup_cosine(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
 
 
 def run(out_dir: Path, cfg: PretrainConfig) -> dict:

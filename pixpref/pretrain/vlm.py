@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ import numpy as np
 
 from pixpref.errors import PixprefError
 from pixpref.models.vlm import IMAGE_TOKEN, ToyVLMSpec
+from pixpref.pretrain.schedule import warmup_cosine
 from pixpref.toyworld.scene import (
     COLOURS,
     PROMPT_TEMPLATES,
@@ -329,11 +329,7 @@ def probe_loss(probe: Any, feats, cls, reg):
 
 
 def _lr_at(step: int, cfg: PretrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    floor = cfg.lr * cfg.min_lr_ratio
-    return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+    return warmup_cosine(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
 
 
 def run(out_dir: Path, cfg: PretrainConfig) -> dict:
