@@ -28,6 +28,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_ppd_step.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_scorer.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pixpref train tests benchmarks
