@@ -7,6 +7,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from pixpref.errors import PixprefError
 
@@ -33,3 +34,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def read_json(path: str | Path) -> Any:
+    """Parse a JSON file; a syntax error becomes a PixprefError naming the file."""
+    import json
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise PixprefError(f"{path} is not valid JSON: {e}") from None

@@ -10,7 +10,6 @@ A folder is dispatched on the ``_class_name`` in its ``model_index.json`` and lo
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Literal
 
 from pixpref.config import load_config
 from pixpref.errors import PixprefError, unknown_name
+from pixpref.io_utils import read_json
 
 TOY_MODEL_DIR = Path(__file__).resolve().parents[1] / "pretrained" / "toy" / "base"
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -94,10 +94,7 @@ def pipeline_class_name(folder: str | os.PathLike) -> str:
     index = Path(folder) / "model_index.json"
     if not index.is_file():
         raise PixprefError(f"{folder} is not a diffusers pipeline folder: model_index.json not found")
-    try:
-        name = json.loads(index.read_text()).get("_class_name")
-    except json.JSONDecodeError as e:
-        raise PixprefError(f"{index} is not valid JSON: {e}") from None
+    name = read_json(index).get("_class_name")
     if name not in PIPELINE_CLASSES:
         raise unknown_name(f"pipeline class in {index}:", name, PIPELINE_CLASSES)
     return name

@@ -44,7 +44,7 @@ from torch import nn
 
 from pixpref.config import from_dict
 from pixpref.errors import PixprefError, unknown_name
-from pixpref.io_utils import atomic_path
+from pixpref.io_utils import atomic_path, read_json
 
 WEIGHTS_NAME = "user_adapter.safetensors"
 CONFIG_NAME = "adapter_config.json"
@@ -466,10 +466,7 @@ class UserAdapter(nn.Module):
         for path in (config_path, weights_path):
             if not path.is_file():
                 raise PixprefError(f"user adapter file not found: {path}")
-        try:
-            raw = json.loads(config_path.read_text())
-        except json.JSONDecodeError as e:
-            raise PixprefError(f"{config_path} is not valid JSON: {e}") from None
+        raw = read_json(config_path)
         config = from_dict(UserAdapterConfig, raw, prefix="adapter_config")
         adapter = cls(config, unet)  # resolve() raises PixprefError on a mismatched UNet
         state = load_file(str(weights_path))

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from tqdm.auto import tqdm
 
 from pixpref.errors import PixprefError
-from pixpref.io_utils import atomic_path
+from pixpref.io_utils import atomic_path, read_json
 
 PROFILE_KEY = "user_embedding"
 USER_ENCODER_SPEC = "user_encoder.json"  # beside an adapter: which embeddings it was trained on
@@ -179,7 +179,4 @@ def read_user_encoder_spec(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / USER_ENCODER_SPEC
     if not path.is_file():
         return {"source": "vlm", "vlm": "toy", "pooling": "last_token_all_layers", "generate_tokens": 0}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise PixprefError(f"{path} is not valid JSON: {e}") from None
+    return read_json(path)

@@ -26,7 +26,7 @@ import torch
 
 from pixpref.config import from_dict, to_dict
 from pixpref.errors import PixprefError, unknown_name
-from pixpref.io_utils import atomic_path
+from pixpref.io_utils import atomic_path, read_json
 from pixpref.scorer.conditions import PERSONAL, check_dimensions
 from pixpref.scorer.model import ScorerConfig, ScorerModel, build_backbone
 
@@ -302,10 +302,7 @@ class PreferenceScorer:
         from safetensors.torch import load_file
 
         folder = _resolve_folder(name_or_path)
-        try:
-            meta = json.loads((folder / CONFIG_NAME).read_text())
-        except json.JSONDecodeError as e:
-            raise PixprefError(f"{folder / CONFIG_NAME} is not valid JSON: {e}") from None
+        meta = read_json(folder / CONFIG_NAME)
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise PixprefError(
                 f"{folder / CONFIG_NAME} is not a pixpref scorer config (no format {FORMAT!r})"

@@ -15,7 +15,6 @@ Public test sets, read in their published formats where the user has them (nothi
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from pixpref.errors import PixprefError
+from pixpref.io_utils import read_json
 from pixpref.scorer.conditions import PERSONAL
 
 # ------------------------------------------------------------------------------------------- toy pairs
@@ -186,10 +186,7 @@ def read_hpdv2(meta_file: str | Path, image_folder: str | Path | None = None) ->
     meta_file = Path(meta_file)
     if not meta_file.is_file():
         raise PixprefError(f"HPD v2 file not found: {meta_file}")
-    try:
-        data = json.loads(meta_file.read_text())
-    except json.JSONDecodeError as e:
-        raise PixprefError(f"{meta_file} is not valid JSON: {e}") from None
+    data = read_json(meta_file)
     if not isinstance(data, list):
         raise PixprefError(f"{meta_file} must hold a JSON list of entries (HPD v2 test.json layout)")
     folder = Path(image_folder) if image_folder is not None else meta_file.parent

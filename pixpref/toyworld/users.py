@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from pixpref.errors import PixprefError, unknown_name
+from pixpref.io_utils import read_json
 
 USER_FEATURES = (
     "size", "cx", "cy", "bg_lightness", "bg_hue", "obj_lightness", "obj_saturation", "texture", "outline",
@@ -284,10 +285,7 @@ def load_users(path: str | Path) -> UsersFile:
     path = Path(path)
     if not path.is_file():
         raise PixprefError(f"users file not found: {path}")
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise PixprefError(f"{path} is not valid JSON: {e}") from None
+    doc = read_json(path)
     if not isinstance(doc, dict) or doc.get("format") != USERS_FORMAT:
         raise PixprefError(f"{path} is not a pixpref toy-world users file (format {USERS_FORMAT!r})")
     if doc.get("version") != USERS_VERSION:
