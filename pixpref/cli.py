@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "pixpref.pretrain.cli",
     "pixpref.personalize.cli",
     "pixpref.scorer.cli",
+    "pixpref.demo.cli",
 ]
 
 

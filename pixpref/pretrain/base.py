@@ -8,7 +8,7 @@ Model: a pixel-space ``UNet2DConditionModel`` (32x32, 3 channels, no VAE) cross-
 ``CLIPTextModel`` over an offline word-level tokenizer; both trained jointly. Data: toy-world renders of
 the *seen* shape-colour combinations with uniformly random style, captioned by a random prompt template
 (content only); 10% of prompts are dropped to "" so classifier-free guidance works. Objective: epsilon
-prediction under a DDPM noise schedule. AdamW, linear warm-up then cosine decay, gradient clipping, EMA of
+or v prediction (``prediction_type``) under a DDPM noise schedule. AdamW, linear warm-up then cosine decay, gradient clipping, EMA of
 the weights. The EMA weights are saved as an fp16 ``PixprefPipeline`` folder with a DDIM scheduler,
 together with ``loss_log.jsonl``, ``pretrain_config.yaml`` and ``samples.png``.
 """
@@ -83,6 +83,9 @@ class PretrainConfig:
     prompt_dropout: float = 0.1  # fraction of prompts replaced by "" (for classifier-free guidance)
     num_train_timesteps: int = 1000
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
+    # v-prediction: at high noise an epsilon target barely depends on the clean image, so the prompt (which
+    # decides content at exactly those steps) gave almost no gradient; v weights the content error ~1 there
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
     log_every: int = 10  # steps between loss-log lines
     save_every: int = 500  # steps between (overwritten) EMA snapshots of the folder; 0 = only at the end
     sample_prompts: list[str] = field(default_factory=lambda: ["a red circle", "a blue star", "a green square",
@@ -153,7 +156,7 @@ def build_schedulers(cfg: PretrainConfig):
     common = dict(
         num_train_timesteps=cfg.num_train_timesteps,
         beta_schedule=cfg.beta_schedule,
-        prediction_type="epsilon",
+        prediction_type=cfg.prediction_type,
         clip_sample=True,  # pixel space is [-1, 1]
         clip_sample_range=1.0,
         timestep_spacing="trailing",
@@ -283,7 +286,8 @@ def run(out_dir: Path, cfg: PretrainConfig) -> dict:
             noisy = train_sched.add_noise(x0, noise, t)
             context = text_encoder(ids)[0]  # (B, T, D)
             pred = unet(noisy, t, encoder_hidden_states=context).sample  # (B, 3, H, W)
-            loss = torch.nn.functional.mse_loss(pred, noise)
+            target = noise if cfg.prediction_type == "epsilon" else train_sched.get_velocity(x0, noise, t)
+            loss = torch.nn.functional.mse_loss(pred, target)
 
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
