@@ -107,3 +107,27 @@ def pickapic_rows() -> list[dict]:
 def pickapic_file(tmp_path: Path) -> Path:
     """A parquet file in the exact Pick-a-Pic v2 layout, 18 rows in row groups of 5."""
     return write_raw_pickapic(pickapic_rows(), tmp_path / "train-00000-of-00001.parquet", row_group_size=5)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def demo_app(tmp_path_factory):
+    """The Gradio demo on the shipped toy model, served on 127.0.0.1 (images shown 3x: 96 px)."""
+    from pixpref.demo.app import create_demo
+    from pixpref.demo.cli import launch
+    from pixpref.demo.engine import DemoConfig, DemoEngine
+
+    cfg = DemoConfig(display_size=96, num_images=4, steps=10, concurrency_limit=2)
+    engine = DemoEngine(cfg)
+    demo = create_demo(engine, workdir=tmp_path_factory.mktemp("profiles"))
+    port = _free_port()
+    launch(demo, cfg, "127.0.0.1", port, prevent_thread_lock=True)
+    yield {"url": f"http://127.0.0.1:{port}/", "engine": engine, "demo": demo}
+    demo.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,29 +13,6 @@ from PIL import Image
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
-from pixpref.demo.engine import DemoConfig, DemoEngine  # noqa: E402
-
-DISPLAY = 96  # 3x the toy's 32 px, so the client can recover the exact pixels
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    from pixpref.demo.app import create_demo
-    from pixpref.demo.cli import launch
-
-    cfg = DemoConfig(display_size=DISPLAY, num_images=4, steps=10, concurrency_limit=2)
-    engine = DemoEngine(cfg)
-    demo = create_demo(engine, workdir=tmp_path_factory.mktemp("profiles"))
-    port = free_port()
-    launch(demo, cfg, "127.0.0.1", port, prevent_thread_lock=True)
-    yield {"url": f"http://127.0.0.1:{port}/", "engine": engine, "demo": demo}
-    demo.close()
 
 
 def pixels(path: str) -> np.ndarray:
@@ -57,10 +33,10 @@ def synthetic_user():
     return [u for u in sample_population(50, seed=0) if u.split == "unseen"][0]
 
 
-def test_full_flow_with_a_synthetic_user(app):
+def test_full_flow_with_a_synthetic_user(demo_app):
     """4 choices that follow a synthetic user's utility -> profile -> personalized images -> scores."""
     user = synthetic_user()
-    client = Client(app["url"], verbose=False)
+    client = Client(demo_app["url"], verbose=False)
     a, b, _ = client.predict("a red star", api_name="/new_pair")
     for _ in range(4):
         ua, ub = user.utility(np.stack([pixels(a), pixels(b)]))
@@ -86,8 +62,8 @@ def test_full_flow_with_a_synthetic_user(app):
     assert np.mean(gains) > 0, f"personal score did not rise for the synthetic user: gains {gains}"
 
 
-def test_undo_upload_and_profile_round_trip(app, tmp_path):
-    client = Client(app["url"], verbose=False)
+def test_undo_upload_and_profile_round_trip(demo_app, tmp_path):
+    client = Client(demo_app["url"], verbose=False)
     client.predict("a red star", api_name="/new_pair")
     client.predict(api_name="/choose_a")
     client.predict(api_name="/choose_none")
@@ -120,16 +96,16 @@ def test_undo_upload_and_profile_round_trip(app, tmp_path):
     ("/generate", ("", "", 1.0, 0), "prompt"),
     ("/generate", ("a red star", "nobody", 1.0, 0), "no profile named"),
 ])
-def test_bad_input_gives_a_message_not_a_traceback(app, call, args, expected):
-    client = Client(app["url"], verbose=False)
+def test_bad_input_gives_a_message_not_a_traceback(demo_app, call, args, expected):
+    client = Client(demo_app["url"], verbose=False)
     with pytest.raises(Exception) as err:
         client.predict(*args, api_name=call)
     text = str(err.value)
     assert expected in text and "Traceback" not in text
 
 
-def test_non_image_and_foreign_profile_uploads_are_refused(app, tmp_path):
-    client = Client(app["url"], verbose=False)
+def test_non_image_and_foreign_profile_uploads_are_refused(demo_app, tmp_path):
+    client = Client(demo_app["url"], verbose=False)
     fake = tmp_path / "notes.png"
     fake.write_text("this is not an image")
     with pytest.raises(Exception) as err:

@@ -176,8 +176,8 @@ def create_demo(engine: DemoEngine, workdir: str | Path | None = None) -> gr.Blo
                 taste_prompt = gr.Textbox(value=engine.suggest_prompt(0), label="Prompt", scale=4)
                 show_btn = gr.Button("Show two images", variant="primary", scale=1)
             with gr.Row():
-                img_a = gr.Image(label="A", type="pil", interactive=False, height=size, width=size)
-                img_b = gr.Image(label="B", type="pil", interactive=False, height=size, width=size)
+                img_a = gr.Image(label="A", type="pil", interactive=False, height=size, width=size, elem_id="pair-a")
+                img_b = gr.Image(label="B", type="pil", interactive=False, height=size, width=size, elem_id="pair-b")
             with gr.Row():
                 pick_a = gr.Button("I prefer A")
                 pick_none = gr.Button("No preference")
