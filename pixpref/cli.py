@@ -26,7 +26,21 @@ COMMAND_MODULES = [
     "pixpref.personalize.cli",
     "pixpref.scorer.cli",
     "pixpref.demo.cli",
+    "pixpref.evaluation.cli",
 ]
+
+
+# commands that load models: their weight-loading progress bars are hidden (stderr stays one line on errors)
+HEAVY_COMMANDS = ("generate", "embed-user", "score", "demo", "eval")
+
+
+def _quiet_weight_loading() -> None:
+    """Hide diffusers' and transformers' per-file loading bars; the commands show their own progress."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    if args.command in HEAVY_COMMANDS:
+        _quiet_weight_loading()
     try:
         rc = args.func(args)
     except (PixprefError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError) as e:

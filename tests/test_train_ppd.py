@@ -106,7 +106,7 @@ def test_resume_matches_uninterrupted_run(assets, cache, tmp_path, capsys):
     assert [e["step"] for e in lb] == [1, 2, 3, 4]
     for ea, eb in zip(la, lb):
         assert ea["loss"] == pytest.approx(eb["loss"], abs=1e-6) and ea["lr"] == eb["lr"]
-    assert sorted(p.name for p in (b / "checkpoints").iterdir()) == ["checkpoint_0", "checkpoint_1"]
+    assert sorted(p.name for p in (b / "checkpoints").iterdir()) == ["checkpoint_2", "checkpoint_4"]
 
 
 def _free_port() -> int:

@@ -97,7 +97,7 @@ def train(args) -> int:
         log_with=trackers,
         project_config=ProjectConfiguration(
             project_dir=str(out_dir), logging_dir=str(out_dir / "logs"),
-            automatic_checkpoint_naming=True, total_limit=tc.checkpoints_total_limit,
+            automatic_checkpoint_naming=False,  # checkpoints are named, written and pruned by write_checkpoint
         ),
     )
     set_seed(tc.seed)
@@ -241,8 +241,10 @@ def train(args) -> int:
             accelerator.print(f"resumed from {resume_dir} at step {global_step}")
         else:
             accelerator.print("no checkpoint to resume from; starting at step 0")
-    existing = checkpoint_dirs(ckpt_root)  # automatic naming must not reuse a folder name
-    accelerator.project_configuration.iteration = _ckpt_number(existing[-1]) + 1 if existing else 0
+    if accelerator.is_main_process:  # a checkpoint being written when the run died is never resumed from
+        for stale in ckpt_root.glob(f"{TMP_PREFIX}*"):
+            shutil.rmtree(stale, ignore_errors=True)
+    accelerator.wait_for_everyone()
 
     # 9. loop
     if trackers:  # init_trackers/log only act on the main process
@@ -330,11 +332,7 @@ def train(args) -> int:
                     "check the data; resume from the last checkpoint with --resume latest"
                 )
             if global_step % tc.checkpoint_every == 0 or global_step == tc.max_steps:
-                accelerator.wait_for_everyone()
-                ckpt = accelerator.save_state()
-                if accelerator.is_main_process:  # written last: marks the checkpoint complete
-                    write_json(Path(ckpt) / "step.json", {"step": global_step})
-                accelerator.wait_for_everyone()
+                write_checkpoint(accelerator, ckpt_root, global_step, tc.checkpoints_total_limit)
             if tc.validate_every and global_step % tc.validate_every == 0:
                 if accelerator.is_main_process:
                     from pixpref.personalize.validation import validation_grid
@@ -355,6 +353,37 @@ def train(args) -> int:
         progress.close()
         accelerator.end_training()
     return 0
+
+
+TMP_PREFIX = ".tmp_"
+FAULT_PAUSE_ENV = "PIXPREF_FAULT_CHECKPOINT_PAUSE"  # seconds to hold a half-written checkpoint (tests only)
+
+
+def write_checkpoint(accelerator, root: Path, step: int, total_limit: int | None) -> Path:
+    """Save the training state atomically: into ``root/.tmp_checkpoint_<step>``, then ``step.json`` (the
+    completeness marker), then one rename to ``root/checkpoint_<step>``. A kill at any moment leaves either
+    the previous checkpoints only or the new one complete. Keeps the newest ``total_limit`` checkpoints."""
+    final = root / f"checkpoint_{step}"
+    tmp = root / f"{TMP_PREFIX}checkpoint_{step}"
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if os.environ.get(FAULT_PAUSE_ENV):  # fault-injection tests kill the run inside this window
+        time.sleep(float(os.environ[FAULT_PAUSE_ENV]))
+    if accelerator.is_main_process:
+        write_json(tmp / "step.json", {"step": step})
+        if final.exists():  # the same step saved before (a resumed run re-reaching it)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        if total_limit:
+            for old in [p for p in checkpoint_dirs(root) if p != final][: max(0, len(checkpoint_dirs(root)) - total_limit)]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
 
 
 def _truncate_log(path: Path, step: int) -> None:

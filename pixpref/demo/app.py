@@ -126,7 +126,7 @@ def create_demo(engine: DemoEngine, workdir: str | Path | None = None) -> gr.Blo
 
     @_user_error
     def generate(prompt: str, profile_name: str | None, scale: float, seed: float, profiles: dict[str, Profile],
-                 progress=gr.Progress()):
+                 progress=gr.Progress()):  # noqa: B008  (gradio injects progress through this default)
         if profile_name and profile_name not in profiles:
             raise PixprefError(f"no profile named {profile_name!r}; valid: {', '.join(profiles) or 'none yet'}")
         profile = profiles.get(profile_name) if profile_name else None

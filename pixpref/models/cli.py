@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+from pathlib import Path
 
 from pixpref.errors import PixprefError
 
@@ -29,6 +31,22 @@ def check_generate_args(args: argparse.Namespace) -> None:
         raise PixprefError(f"--num-images must be >= 1, got {args.num_images}")
     if args.steps is not None and args.steps <= 0:
         raise PixprefError(f"--steps must be a positive integer, got {args.steps}")
+    if args.guidance_scale is not None and not math.isfinite(args.guidance_scale):
+        raise PixprefError(f"--guidance-scale must be a finite number, got {args.guidance_scale}")
+    if not math.isfinite(args.user_scale):
+        raise PixprefError(f"--user-scale must be a finite number, got {args.user_scale}")
+    if args.user is not None and args.user_pairs is not None:
+        raise PixprefError("give either --user USER.safetensors or --user-pairs PAIRS.jsonl, not both")
+    if args.user is not None or args.user_pairs is not None:
+        from pixpref.personalize.pipeline import SHIPPED_ADAPTERS
+
+        if args.adapter not in SHIPPED_ADAPTERS and not Path(args.adapter).is_dir():
+            raise PixprefError(f"unknown adapter {args.adapter!r}; valid options: {', '.join(SHIPPED_ADAPTERS)} "
+                               "or an adapter folder")
+    if args.user is not None:  # a bad profile is refused before any model loads
+        from pixpref.personalize.embeddings import load_user_embedding
+
+        load_user_embedding(args.user)
     if args.guidance_scale is not None and args.guidance_scale < 1.0:
         raise PixprefError(
             f"--guidance-scale must be >= 1 (1 disables classifier-free guidance), got {args.guidance_scale}")

@@ -47,6 +47,18 @@ def split_overrides(items: list[str] | None) -> dict[str, list[str]]:
     return out
 
 
+def validate_part(part: str, overrides: list[str], config_dir: Path = CONFIG_DIR) -> None:
+    """Load part ``part``'s config with its overrides (raises on unknown keys or bad values)."""
+    from pixpref.config import load_config
+
+    try:
+        mod = importlib.import_module(f"pixpref.pretrain.{part}")
+    except ModuleNotFoundError:
+        return
+    cfg_path = config_dir / f"pretrain_{part}.yaml"
+    load_config(cfg_path if cfg_path.is_file() else None, mod.PretrainConfig, overrides)
+
+
 def run_part(part: str, out_root: Path, overrides: list[str], overwrite: bool, config_dir: Path = CONFIG_DIR):
     """Run one part; returns its metrics, or None when its module is not available."""
     from pixpref.config import load_config
@@ -79,6 +91,8 @@ def cmd_pretrain_toy(args: argparse.Namespace) -> int:
         for part in parts:
             if (out_root / part).exists():
                 raise PixprefError(f"output {out_root / part} already exists; pass --overwrite to replace it")
+    for part in parts:  # a typo in any part's settings stops the run before anything is written
+        validate_part(part, overrides[part], Path(args.config_dir))
     out_root.mkdir(parents=True, exist_ok=True)
     summary = {}
     for part in parts:

@@ -115,8 +115,8 @@ def _to_chw(image: Any, where: str) -> torch.Tensor:
                 image = im.convert("RGB")
         except FileNotFoundError:
             raise PixprefError(f"{where}: image file not found: {image}") from None
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            raise PixprefError(f"{where}: cannot read image file {image}: {e}") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
+            raise PixprefError(f"{where}: cannot read image file {image}: {str(e).splitlines()[0]}") from None
     if isinstance(image, Image.Image):
         image = np.asarray(image.convert("RGB"))
     if isinstance(image, np.ndarray):

@@ -1,0 +1,86 @@
+"""Fault injection: SIGKILL a PPD training run at random moments (one of them inside a checkpoint write),
+resume with ``--resume latest`` each time, and check the final adapter equals an uninterrupted run's.
+
+The longer version (more kills, longer run) is ``python scripts/fault_inject.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from ppd_fixtures import REPO, TINY_CONFIG, TRAIN_SCRIPT, make_assets, tiny_overrides
+from safetensors.torch import load_file
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+       "PYTHONPATH": str(REPO)}
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    return make_assets(tmp_path_factory.mktemp("fault_assets"))
+
+
+def _cmd(assets, out, resume: bool):
+    args = ["--config", str(TINY_CONFIG), *tiny_overrides(assets, out, max_steps=STEPS, checkpoint_every=1,
+                                                          user_dropout=0.5)]
+    return [sys.executable, str(TRAIN_SCRIPT), *args, *(["--resume", "latest"] if resume else [])]
+
+
+def _adapter(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "adapter" / "user_adapter.safetensors"))
+
+
+def run_with_kills(assets, out: Path, kills: int, seed: int, env=ENV) -> dict:
+    """Run to the end, SIGKILLing ``kills`` times; the first kill lands inside a checkpoint write."""
+    rng = random.Random(seed)
+    survived, resumes = 0, 0
+    for attempt in range(kills + 20):
+        pause = attempt == 0
+        run_env = {**env, "PIXPREF_FAULT_CHECKPOINT_PAUSE": "3"} if pause else env
+        proc = subprocess.Popen(_cmd(assets, out, resume=attempt > 0), env=run_env, cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        resumes += attempt > 0
+        if survived < kills:
+            if pause:  # wait for a half-written checkpoint folder, then kill inside the write
+                deadline = time.time() + 120
+                while time.time() < deadline and not list((out / "checkpoints").glob(".tmp_checkpoint_*")):
+                    if proc.poll() is not None:
+                        break
+                    time.sleep(0.05)
+            else:
+                time.sleep(rng.uniform(2.0, 8.0))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                survived += 1
+                continue
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        if (out / "adapter" / "user_adapter.safetensors").is_file():
+            return {"kills": survived, "resumes": resumes}
+    raise AssertionError("the run never finished")
+
+
+def test_sigkill_resume_gives_the_uninterrupted_adapter(assets, tmp_path):
+    clean, faulty = tmp_path / "clean", tmp_path / "faulty"
+    res = subprocess.run(_cmd(assets, clean, resume=False), env=ENV, cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    stats = run_with_kills(assets, faulty, kills=3, seed=0)
+    assert stats["kills"] >= 2, stats  # at least the checkpoint-write kill and one random kill landed
+    a, b = _adapter(clean), _adapter(faulty)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    ckpts = faulty / "checkpoints"
+    assert not list(ckpts.glob(".tmp_*")), "a half-written checkpoint was left behind"
+    assert all((c / "step.json").is_file() for c in ckpts.iterdir())
