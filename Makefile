@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.pixpref-installed
 
-.PHONY: demo test install bench lint
+.PHONY: demo test install bench lint browser
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,12 +18,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Until the Gradio demo lands, the main job renders toy-world samples and samples the shipped base model.
+# The Gradio personalization demo on the embedded toy model: http://127.0.0.1:7860
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(VENV)/bin/pixpref toyworld render --n 32 --seed 0 --out outputs/toy_world.png --overwrite
-	HF_HUB_OFFLINE=1 $(VENV)/bin/pixpref generate --prompt "a red star" --num-images 8 --seed 0 --out outputs/red_star --overwrite
+	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False $(VENV)/bin/pixpref demo --config configs/demo/toy.yaml
 
-test: $(STAMP)
+# Debian's Chromium for the real-browser demo test (tests/test_demo_browser.py skips, saying why, without it)
+browser:
+	@command -v chromium >/dev/null 2>&1 || (DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 \
+	  || (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1) \
+	  || echo "chromium could not be installed: the browser test will skip")
+
+test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 GRADIO_ANALYTICS_ENABLED=False OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP)

@@ -14,7 +14,6 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
 
-
 def pixels(path: str) -> np.ndarray:
     """A displayed (nearest-upscaled) image back to the model's 32x32 pixels."""
     arr = np.asarray(Image.open(path).convert("RGB"))
@@ -126,3 +125,34 @@ def test_model_code_never_imports_gradio():
     code = ("import sys, pixpref.demo.engine, pixpref.personalize.pipeline, pixpref.scorer.api, "
             "pixpref.models.diffusion; assert 'gradio' not in sys.modules, 'gradio imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+TRAVERSAL_PATHS = [
+    "gradio_api/file=/etc/passwd",
+    "gradio_api/file=../../../../etc/passwd",
+    "gradio_api/file=..%2F..%2F..%2F..%2Fetc%2Fpasswd",
+    "gradio_api/file=%2Fetc%2Fpasswd",
+    "file=/etc/passwd",
+    "file=../../../../etc/passwd",
+    "gradio_api/file=/proc/self/environ",
+    "gradio_api/file={repo}/pyproject.toml",
+    "gradio_api/file={repo}/pixpref/pretrained/toy/base/model_index.json",
+    "static/../../../../etc/passwd",
+    "assets/..%2F..%2F..%2F..%2Fetc%2Fpasswd",
+    "gradio_api/upload/../../etc/passwd",
+]
+
+
+def test_no_file_outside_the_app_can_be_fetched(demo_app):
+    import httpx
+
+    repo = Path(__file__).resolve().parent.parent
+    refused = 0
+    for path in TRAVERSAL_PATHS:
+        url = demo_app["url"] + path.format(repo=repo)
+        r = httpx.get(url, follow_redirects=True, timeout=30)
+        body = r.text
+        leaked = "root:x:" in body or "[build-system]" in body or "_class_name" in body or "HF_HUB" in body
+        assert not leaked, f"{path} leaked a file (HTTP {r.status_code})"
+        refused += 1
+    print(f"path traversal attempts refused: {refused}/{len(TRAVERSAL_PATHS)}")
