@@ -7,6 +7,10 @@
 Prints, per adapter: win rate of personalized over base images (same prompts and noises) with a 95% CI,
 prompt adherence of both; the few-shot curve over k (first adapter); the upper bound with the user's true
 utility weights; and interpolation curves between two pairs of users.
+
+The full report (scorer judge, agreement, figures, training curves, image grids) is ``pixpref eval``
+(pixpref/evaluation, configs/eval/toy.yaml); this script stays for the oracle-adapter upper bound and for
+adapter folders without a user_encoder.json (``--pooling``).
 """
 
 from __future__ import annotations
@@ -21,26 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-EVAL_PROMPTS = ["a green circle", "an image of a orange square", "a photo of a cyan star", "a magenta triangle",
-                "a picture of one blue cross", "a yellow star"]
-
-
-def user_examples(data_dir: Path, users, k: int, seed: int = 0) -> dict[str, list]:
-    """user id -> k (prompt, chosen, rejected) examples from the unseen users' parquet (ties skipped)."""
-    from pixpref.data.fewshot import user_chunks
-    from pixpref.data.pickapic import iter_pickapic
-
-    wanted = {str(u.id) for u in users}
-    pairs: dict[str, list] = {u: [] for u in wanted}
-    for f in sorted(data_dir.glob("unseen-*.parquet")):
-        for p in iter_pickapic(f, tie_policy="drop"):
-            if p.user_id in wanted:
-                pairs[p.user_id].append(p)
-    out = {}
-    for uid, ps in pairs.items():
-        chunk = user_chunks(uid, list(range(len(ps))), k=k, max_chunks=1, seed=seed)[0]
-        out[uid] = [(ps[i].prompt, ps[i].chosen, ps[i].rejected) for i in chunk.indices]
-    return out
+from pixpref.evaluation.config import DEFAULT_PROMPTS as EVAL_PROMPTS
+from pixpref.evaluation.examples import user_examples
 
 
 def main(argv=None) -> int:

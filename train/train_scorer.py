@@ -277,6 +277,13 @@ def main(argv: list[str] | None = None) -> dict:
         log_file.close()
         saved = PreferenceScorer(accelerator.unwrap_model(loss_fn).model).save_pretrained(
             out / "scorer", fp16=cfg.train.save_fp16, overwrite=True, include_backbone=cfg.train.include_backbone)
+        if cfg.data.users and cfg.data.user_encoder != "oracle":  # how to embed users for 'personal'
+            from types import SimpleNamespace
+
+            from pixpref.personalize.embeddings import write_user_encoder_spec
+
+            write_user_encoder_spec(saved, SimpleNamespace(source="vlm", vlm=cfg.data.user_encoder,
+                                                           pooling=cfg.data.user_pooling, generate_tokens=0))
         (out / "val.json").write_text(json.dumps(result, indent=1))
         size = sum(f.stat().st_size for f in saved.iterdir()) / 1e6
         log(f"saved {saved} ({size:.2f} MB) after {result['time_s']:.0f} s")

@@ -174,10 +174,23 @@ class DemoEngine:
     def _scorer_user_encoder(self):
         with self._lock:
             if self._scorer_encoder is None:
-                from pixpref.personalize.user_encoder import UserEncoder
+                from pixpref.personalize.user_encoder import UserEncoder, UserEncoderConfig
 
-                self._scorer_encoder = UserEncoder.from_pretrained(self.config.scorer_user_encoder)
+                spec = self.scorer_user_spec()
+                self._scorer_encoder = UserEncoder.from_pretrained(
+                    spec["vlm"], UserEncoderConfig(vlm=spec["vlm"], pooling=spec["pooling"]))
         return self._scorer_encoder
+
+    def scorer_user_spec(self) -> dict[str, Any]:
+        """How the scorer's 'personal' dimension embeds users: its folder's user_encoder.json, else the
+        configured VLM with the default pooling."""
+        from pixpref.personalize.embeddings import USER_ENCODER_SPEC, read_user_encoder_spec
+        from pixpref.scorer.api import _resolve_folder
+
+        folder = _resolve_folder(self.config.scorer)
+        if (folder / USER_ENCODER_SPEC).is_file():
+            return read_user_encoder_spec(folder)
+        return {"vlm": self.config.scorer_user_encoder, "pooling": "last_token_all_layers"}
 
     def _settings(self) -> dict[str, Any]:
         cfg = self.config

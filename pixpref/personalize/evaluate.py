@@ -100,9 +100,12 @@ def personalized_images(pipe: Any, adapter: Any, setup: EvalSetup, embeddings: t
     return np.stack(per_prompt, axis=1)
 
 
-def win_rate(users: list[Any], personal: np.ndarray, base: np.ndarray, prompts: list[str]) -> WinResult:
-    """Judge personalized (U, P, n, ...) against base (P, n, ...) images with each user's true utility."""
-    from pixpref.toyworld.oracle import measure, prompt_adherence
+def utilities(users: list[Any], personal: np.ndarray, base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's true utility of their personalized (U, P, n, ...) and of the base (P, n, ...) images.
+
+    Returns two (U, P*n) float arrays: row i is user i judging their own images and the base images.
+    """
+    from pixpref.toyworld.oracle import measure
 
     if personal.shape[0] != len(users):
         raise PixprefError(f"{personal.shape[0]} image sets for {len(users)} users")
@@ -110,11 +113,25 @@ def win_rate(users: list[Any], personal: np.ndarray, base: np.ndarray, prompts: 
     img_shape = personal.shape[3:]
     feats_base = measure(base.reshape(-1, *img_shape))
     feats_pers = measure(personal.reshape(-1, *img_shape))
+    util_pers = np.empty((u_, p_ * n_))
+    util_base = np.empty((u_, p_ * n_))
+    for i, user in enumerate(users):
+        util_base[i] = user.utility(feats_base)
+        sl = slice(i * p_ * n_, (i + 1) * p_ * n_)
+        util_pers[i] = user.utility({k: v[sl] for k, v in feats_pers.items()})
+    return util_pers, util_base
+
+
+def win_rate(users: list[Any], personal: np.ndarray, base: np.ndarray, prompts: list[str]) -> WinResult:
+    """Judge personalized (U, P, n, ...) against base (P, n, ...) images with each user's true utility."""
+    from pixpref.toyworld.oracle import prompt_adherence
+
+    u_, p_, n_ = personal.shape[:3]
+    img_shape = personal.shape[3:]
+    util_pers, util_base = utilities(users, personal, base)  # (U, P*n) each
     wins, total, gains, per_user = 0.0, 0, [], {}
     for i, user in enumerate(users):
-        ub = user.utility(feats_base)  # (P*n,)
-        sl = slice(i * p_ * n_, (i + 1) * p_ * n_)
-        up = user.utility({k: v[sl] for k, v in feats_pers.items()})
+        up, ub = util_pers[i], util_base[i]
         w = float((up > ub).sum() + 0.5 * (up == ub).sum())
         per_user[str(user.id)] = w / len(ub)
         wins += w

@@ -127,10 +127,17 @@ class ToyLabelConfig:
     context_pairs: int = 4  # pairs per user-embedding context (PPD: 4)
     user_tie_margin: float = 0.05
     user_encoder: str = "toy"  # "toy" VLM, a VLM folder, or "oracle" (true weight vector, 1 token)
+    # how the VLM's hidden states become user tokens (pixpref.personalize.user_encoder.POOLINGS); recorded in
+    # the saved scorer's user_encoder.json so callers embed users the same way
+    user_pooling: str = "last_token_all_layers"
 
     def __post_init__(self) -> None:
+        from pixpref.personalize.user_encoder import POOLINGS
         from pixpref.toyworld.scene import content_combos
         from pixpref.toyworld.users import SPLITS
+
+        if self.user_pooling not in POOLINGS:
+            raise unknown_name("data.user_pooling", self.user_pooling, POOLINGS)
 
         content_combos(self.combos)
         for kind in self.render_kinds:
@@ -423,16 +430,16 @@ def sample_pool(cfg: ToyLabelConfig, progress: bool = False) -> Any:
 # -------------------------------------------------------------------------------------- personal pairs
 
 
-def user_embedder(name: str) -> Any:
+def user_embedder(name: str, pooling: str = "last_token_all_layers") -> Any:
     """``name`` -> callable(users, contexts) -> (U, T, D) float32 array. ``oracle``: true weight vectors."""
     if name == "oracle":
         def oracle(users: list[Any], contexts: list[list[tuple]]) -> np.ndarray:
             return np.stack([u.weights_vector()[None].astype(np.float32) for u in users])
 
         return oracle
-    from pixpref.personalize.user_encoder import UserEncoder
+    from pixpref.personalize.user_encoder import UserEncoder, UserEncoderConfig
 
-    encoder = UserEncoder.from_pretrained(name)
+    encoder = UserEncoder.from_pretrained(name, UserEncoderConfig(vlm=name, pooling=pooling))
 
     def vlm(users: list[Any], contexts: list[list[tuple]]) -> np.ndarray:
         return encoder.encode(contexts).numpy().astype(np.float32)
@@ -457,7 +464,7 @@ def make_personal_pairs(cfg: ToyLabelConfig, embed: Any = None, progress: bool =
     users = [u for u in population if u.split == cfg.user_split]
     if not users:
         raise PixprefError(f"the population of {cfg.users} users has no {cfg.user_split!r} users")
-    embed = embed or user_embedder(cfg.user_encoder)
+    embed = embed or user_embedder(cfg.user_encoder, cfg.user_pooling)
     k = cfg.context_pairs
     rows_all, contexts, owners = [], [], []
     for user in tqdm(users, desc="user pairs", disable=not progress):

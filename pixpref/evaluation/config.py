@@ -1,0 +1,110 @@
+"""What an evaluation report measures: :class:`EvalConfig`, loaded from ``configs/eval/*.yaml``.
+
+    cfg = load_config("configs/eval/toy.yaml", EvalConfig, overrides=["users=10"])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pixpref.errors import PixprefError, unknown_name
+from pixpref.personalize.names import POOLINGS
+
+# prompts whose colour and shape the oracle can check (prompt adherence)
+DEFAULT_PROMPTS = ["a green circle", "an image of a orange square", "a photo of a cyan star", "a magenta triangle",
+                   "a picture of one blue cross", "a yellow star"]
+
+
+@dataclass
+class EvalConfig:
+    """One evaluation report of personalized adapters on the toy world's unseen users."""
+
+    data: str = ""  # toy data folder from `pixpref toyworld make-pairs` (users.json, unseen-*.parquet)
+    base: str = "toy"  # base text-to-image model: name or folder
+    # adapter name -> "dpo"/"inpo" (shipped) or a folder with adapter_config.json
+    adapters: dict[str, str] = field(default_factory=lambda: {"dpo": "dpo", "inpo": "inpo"})
+    primary: str = ""  # adapter for the few-shot and interpolation curves (default: the first)
+    scorer: str = "toy"  # preference scorer: "toy" or a folder; "" skips the scorer judge
+    scorer_vlm: str = "toy"  # VLM whose embeddings the scorer's personal dimension reads
+    scorer_pooling: str = "last_token_all_layers"  # ... and their pooling (the scorer was trained on these)
+    users: int = 20  # unseen users evaluated (the first ones in users.json)
+    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
+    images_per_prompt: int = 4  # initial noises per prompt, shared by base and personalized images
+    steps: int = 20  # sampler steps
+    guidance: float = 2.0  # classifier-free guidance scale
+    noise_seed: int = 1234  # seed of the initial noises (prompt i uses noise_seed + i)
+    k: int = 4  # examples per user for the headline win rates
+    few_shot_k: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # the few-shot curve's k values
+    example_seed: int = 0  # which of a user's pairs are the k examples
+    interpolation_pairs: int = 2  # user pairs (users 0-1, 2-3, ...) with an interpolation curve
+    alphas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    grid_users: int = 4  # users with a base-vs-personalized image grid
+    train_logs: dict[str, str] = field(default_factory=dict)  # name -> train_log.jsonl of train/train_ppd.py
+    device: str = "cpu"
+    out: str = ""  # output folder (the CLI's --out wins)
+
+    def __post_init__(self) -> None:
+        positive = {"users": self.users, "images_per_prompt": self.images_per_prompt, "steps": self.steps,
+                    "k": self.k}
+        for name, value in positive.items():
+            if value < 1:
+                raise PixprefError(f"{name} must be >= 1, got {value}")
+        for name, value in {"interpolation_pairs": self.interpolation_pairs, "grid_users": self.grid_users}.items():
+            if value < 0:
+                raise PixprefError(f"{name} must be >= 0, got {value}")
+        if self.guidance < 0:
+            raise PixprefError(f"guidance must be >= 0, got {self.guidance}")
+        if any(k < 1 for k in self.few_shot_k) or len(set(self.few_shot_k)) != len(self.few_shot_k):
+            raise PixprefError(f"few_shot_k must hold distinct values >= 1, got {self.few_shot_k}")
+        if 2 * self.interpolation_pairs > self.users:
+            raise PixprefError(f"interpolation_pairs={self.interpolation_pairs} needs {2 * self.interpolation_pairs} "
+                               f"users, but users={self.users}")
+        if any(not 0.0 <= a <= 1.0 for a in self.alphas) or (self.interpolation_pairs and not self.alphas):
+            raise PixprefError(f"alphas must be weights in [0, 1], got {self.alphas}")
+        if not self.prompts:
+            raise PixprefError("prompts is empty; give at least one toy-world prompt such as 'a red circle'")
+        from pixpref.toyworld.oracle import parse_prompt
+
+        for prompt in self.prompts:
+            try:
+                parse_prompt(prompt)  # the oracle must be able to check the prompt's colour and shape
+            except PixprefError as e:
+                raise PixprefError(f"prompts: {prompt!r}: {e}") from None
+        if not self.adapters:
+            raise PixprefError("adapters is empty; name at least one, e.g. {dpo: dpo}")
+        for section, mapping in (("adapters", self.adapters), ("train_logs", self.train_logs)):
+            for name, value in mapping.items():
+                if not isinstance(value, str) or not value:
+                    raise PixprefError(f"{section}.{name}: expected a name or path, got {value!r}")
+        if self.primary and self.primary not in self.adapters:
+            raise unknown_name("primary adapter", self.primary, self.adapters)
+        if self.scorer_pooling not in POOLINGS:
+            raise unknown_name("scorer_pooling", self.scorer_pooling, POOLINGS)
+
+    @property
+    def primary_adapter(self) -> str:
+        return self.primary or next(iter(self.adapters))
+
+    def check_data(self) -> Path:
+        """The data folder, after checking it holds users.json and unseen-*.parquet."""
+        if not self.data:
+            raise PixprefError("data is not set; pass --set data=DIR (a folder from `pixpref toyworld make-pairs`)")
+        folder = Path(self.data)
+        if not (folder / "users.json").is_file():
+            raise PixprefError(f"data folder {folder} has no users.json; make one with `pixpref toyworld make-pairs`")
+        if not sorted(folder.glob("unseen-*.parquet")):
+            raise PixprefError(f"data folder {folder} has no unseen-*.parquet (no unseen users' pairs)")
+        return folder
+
+
+def resolve_adapter(value: str) -> Path:
+    """A shipped adapter name ("dpo", "inpo") or an adapter folder -> the folder."""
+    from pixpref.personalize.pipeline import SHIPPED_ADAPTERS, shipped_adapter_dir
+
+    if value in SHIPPED_ADAPTERS:
+        return shipped_adapter_dir(value)
+    folder = Path(value)
+    if not (folder / "adapter_config.json").is_file():
+        raise unknown_name("adapter", value, [*SHIPPED_ADAPTERS, "<folder with adapter_config.json>"])
+    return folder

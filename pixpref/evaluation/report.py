@@ -1,0 +1,265 @@
+"""Run every measurement of an evaluation report; write ``report.json``, ``report.md`` and figures.
+
+    from pixpref.config import load_config
+    from pixpref.evaluation import EvalConfig, evaluate
+    report = evaluate(load_config("configs/eval/toy.yaml", EvalConfig), out="runs/eval_toy")
+
+Steps: check inputs -> the unseen users' few-shot examples and embeddings -> base images (one set of
+prompts and noises) -> per adapter: personalized images from the same noises, judged by the oracle and
+the scorer -> the few-shot curve and interpolation curves of the primary adapter -> training logs.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pixpref.errors import PixprefError
+from pixpref.evaluation.config import EvalConfig, resolve_adapter
+from pixpref.io_utils import check_output_path
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class UserEmbeddings:
+    """Embeddings of the evaluated users, per (embedding spec, k); each VLM is loaded once."""
+
+    def __init__(self, users: list[Any], examples: dict[int, dict[str, list]], device: str = "cpu"):
+        self.users = users
+        self.examples = examples  # k -> user id -> k examples
+        self.device = device
+        self._vlms: dict[str, tuple[Any, Any]] = {}
+        self._cache: dict[tuple, Any] = {}
+
+    def get(self, spec: dict[str, Any], k: int):
+        """(U, T, D) float32 embeddings for an adapter's ``user_encoder.json`` spec (oracle: true weights)."""
+        import torch
+
+        if spec.get("source", "vlm") == "oracle":
+            return torch.stack([torch.as_tensor(u.weights_vector(), dtype=torch.float32)[None] for u in self.users])
+        key = (spec["vlm"], spec["pooling"], int(spec.get("generate_tokens", 0)), k)
+        if key not in self._cache:
+            from pixpref.personalize.user_encoder import UserEncoder, UserEncoderConfig
+
+            if spec["vlm"] not in self._vlms:
+                from pixpref.models.vlm import load_vlm
+
+                self._vlms[spec["vlm"]] = load_vlm(spec["vlm"], dtype=torch.float32, device=self.device)
+            model, processor = self._vlms[spec["vlm"]]
+            config = UserEncoderConfig(vlm=spec["vlm"], pooling=spec["pooling"], generate_tokens=key[2],
+                                       max_pairs=max(8, k))
+            encoder = UserEncoder(model, processor, config)
+            self._cache[key] = encoder.encode([self.examples[k][str(u.id)] for u in self.users])
+        return self._cache[key]
+
+
+def _adapter_pipeline(config: EvalConfig, folder: Path, base_pipe: Any) -> Any:
+    """The base pipeline, or a fresh one with the UNet LoRA trained beside the adapter."""
+    if not (folder / "unet_lora.safetensors").is_file():
+        return base_pipe
+    from pixpref.models.diffusion import load_pipeline
+    from pixpref.personalize.pipeline import load_lora
+
+    pipe = load_pipeline(config.base, device=config.device)
+    pipe.set_progress_bar_config(disable=True)
+    load_lora(pipe.unet, folder)
+    return pipe
+
+
+def _without_per_user(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k != "per_user"}
+
+
+def measure(config: EvalConfig, log: Callable[[str], None] = _log) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every measurement -> (report dict, image grids {user id: (rows, P*n, H, W, 3) uint8})."""
+    import numpy as np
+
+    from pixpref.evaluation.examples import few_shot_examples, unseen_pairs, unseen_users
+    from pixpref.evaluation.judges import judge
+    from pixpref.evaluation.train_logs import load_train_logs
+    from pixpref.models.diffusion import load_pipeline
+    from pixpref.personalize.adapter import UserAdapter
+    from pixpref.personalize.embeddings import read_user_encoder_spec
+    from pixpref.personalize.evaluate import EvalSetup, base_images, interpolation_curve, personalized_images
+    from pixpref.toyworld.oracle import measure as oracle_measure
+
+    t0 = time.time()
+    timings: dict[str, float] = {}
+
+    def lap(name: str, start: float) -> None:
+        timings[name] = round(time.time() - start, 2)
+        log(f"[eval {time.time() - t0:6.0f}s] {name} done in {timings[name]:.0f}s")
+
+    # 1. check inputs
+    data = config.check_data()
+    folders = {name: resolve_adapter(value) for name, value in config.adapters.items()}
+    specs = {name: read_user_encoder_spec(folder) for name, folder in folders.items()}
+    primary = config.primary_adapter
+    primary_is_vlm = specs[primary].get("source", "vlm") == "vlm"
+    train_logs, notes = load_train_logs(config.train_logs)  # read early: a bad log fails fast
+    users = unseen_users(data, config.users)
+    setup = EvalSetup(prompts=list(config.prompts), seeds=config.images_per_prompt, steps=config.steps,
+                      guidance=config.guidance, noise_seed=config.noise_seed)
+    u_, p_, n_ = len(users), len(setup.prompts), setup.seeds
+
+    # 2. few-shot examples and user embeddings
+    start = time.time()
+    ks = sorted({config.k, *(config.few_shot_k if primary_is_vlm else [])})
+    pairs = unseen_pairs(data, users)
+    examples = {k: few_shot_examples(pairs, k, config.example_seed) for k in ks}
+    embeddings = UserEmbeddings(users, examples, config.device)
+    scorer_spec = {"source": "vlm", "vlm": config.scorer_vlm, "pooling": config.scorer_pooling}
+    lap("user examples", start)
+
+    # 3. models and base images
+    start = time.time()
+    pipe = load_pipeline(config.base, device=config.device)
+    pipe.set_progress_bar_config(disable=True)
+    scorer = None
+    if config.scorer:
+        from pixpref.scorer.api import PreferenceScorer
+
+        scorer = PreferenceScorer.from_pretrained(config.scorer, device=config.device)
+    else:
+        notes.append("no scorer configured: only the oracle judges")
+    base = base_images(pipe, setup)  # (P, n, H, W, 3)
+    base_features = oracle_measure(base.reshape(-1, *base.shape[2:]))
+    lap("base images", start)
+
+    # 4. each adapter: personalized images at k, judged; few-shot and interpolation for the primary one
+    adapters: dict[str, Any] = {}
+    few_shot: list[dict[str, Any]] = []
+    curves: list[dict[str, Any]] = []
+    grids: dict[str, list[np.ndarray]] = {str(u.id): [base.reshape(p_ * n_, *base.shape[2:])]
+                                          for u in users[: config.grid_users]}
+    for name, folder in folders.items():
+        start = time.time()
+        apipe = _adapter_pipeline(config, folder, pipe)
+        adapter = UserAdapter.from_pretrained(folder, apipe.unet).float().to(apipe.unet.device).eval()
+        adapter.requires_grad_(False)
+        adapter.install(apipe.unet)
+        try:
+            ks_here = ks if name == primary and primary_is_vlm else [config.k]
+            for k in ks_here:
+                emb = embeddings.get(specs[name], k)  # (U, T, D)
+                scorer_emb = embeddings.get(scorer_spec, k) if scorer is not None else None
+                images = personalized_images(apipe, adapter, setup, emb)  # (U, P, n, H, W, 3)
+                verdict = judge(users, images, base, setup.prompts, scorer, scorer_emb)
+                if k == config.k:
+                    adapters[name] = {"folder": str(folder), "user_encoder": specs[name], "k": k, **verdict}
+                    for i, uid in enumerate(grids):
+                        grids[uid].append(images[i].reshape(p_ * n_, *images.shape[3:]))
+                if name == primary and k in config.few_shot_k:
+                    point = {"k": k, "oracle": _without_per_user(verdict["oracle"])}
+                    if scorer is not None and "personal" in verdict["scorer"]:
+                        point["scorer_personal"] = _without_per_user(verdict["scorer"]["personal"])
+                        point["agreement_personal"] = verdict["agreement"]["personal"]
+                    few_shot.append(point)
+                log(f"[eval {time.time() - t0:6.0f}s] {name} k={k}: oracle win rate "
+                    f"{verdict['oracle']['win_rate']:.3f}")
+            if name == primary:
+                emb = embeddings.get(specs[name], config.k)
+                for j in range(config.interpolation_pairs):
+                    a, b = users[2 * j], users[2 * j + 1]
+                    curve = interpolation_curve(apipe, adapter, setup, a, b, emb[2 * j], emb[2 * j + 1],
+                                                alphas=tuple(config.alphas))
+                    curves.append({"user_a": a.id, "user_b": b.id, **curve,
+                                   "base_utility_a": float(a.utility(base_features).mean()),
+                                   "base_utility_b": float(b.utility(base_features).mean())})
+        finally:
+            adapter.remove(apipe.unet)
+        lap(f"adapter {name}", start)
+    if not primary_is_vlm:
+        notes.append(f"primary adapter {primary!r} reads oracle weights, not examples: no few-shot curve")
+
+    # 5. per-user table
+    user_rows = []
+    for u in users:
+        row = {"id": u.id, "archetype": u.archetype, "description": u.describe(),
+               "oracle_win_rate": {n: r["oracle"]["per_user"][str(u.id)] for n, r in adapters.items()}}
+        if scorer is not None:
+            row["scorer_personal_win_rate"] = {n: r["scorer"]["personal"]["per_user"][str(u.id)]
+                                               for n, r in adapters.items() if "personal" in r["scorer"]}
+        user_rows.append(row)
+
+    report = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "setup": {"data": str(data), "base": config.base, "users": u_, "user_ids": [u.id for u in users],
+                  "prompts": setup.prompts, "images_per_prompt": n_, "steps": setup.steps,
+                  "guidance": setup.guidance, "noise_seed": setup.noise_seed, "k": config.k,
+                  "comparisons": u_ * p_ * n_, "scorer": config.scorer or None,
+                  "scorer_user_encoder": scorer_spec if scorer is not None else None, "primary": primary},
+        "adapters": adapters,
+        "few_shot": {"adapter": primary, "points": few_shot},
+        "interpolation": {"adapter": primary, "k": config.k, "curves": curves},
+        "training": train_logs,
+        "users": user_rows,
+        "notes": notes,
+        "timings": timings,
+        "seconds": round(time.time() - t0, 1),
+    }
+    return report, {uid: np.stack(rows) for uid, rows in grids.items()}
+
+
+def write_report(report: dict[str, Any], grids: dict[str, Any], out: str | Path, overwrite: bool = False) -> Path:
+    """Write report.json, report.md, the figures and the image grids into folder ``out``.
+
+    Everything goes to a temporary folder beside ``out`` first, which replaces ``out`` only when complete.
+    """
+    import json
+
+    from pixpref.evaluation.markdown import render_markdown
+    from pixpref.evaluation.plots import write_figures
+    from pixpref.toyworld.render import make_grid
+
+    out = check_output_path(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        report["figures"] = write_figures(report, tmp)
+        report["grids"] = {}
+        for uid, rows in grids.items():  # rows: (R, P*n, H, W, 3) -> one row per model
+            name = f"grid_user{uid}.png"
+            make_grid(rows.reshape(-1, *rows.shape[2:]), ncols=rows.shape[1], upscale=3).save(tmp / name)
+            report["grids"][uid] = name
+        (tmp / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+        (tmp / "report.md").write_text(render_markdown(report))
+        if out.is_dir():
+            shutil.rmtree(out)
+        elif out.exists():
+            out.unlink()
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
+
+
+def evaluate(config: EvalConfig, out: str | Path | None = None, overwrite: bool = False,
+             command: str | None = None, log: Callable[[str], None] = _log) -> dict[str, Any]:
+    """Measure and return the report; with ``out`` (or ``config.out``) also write it into that folder."""
+    from pixpref.config import to_dict
+
+    if not isinstance(config, EvalConfig):
+        raise PixprefError(f"evaluate() needs an EvalConfig, got {type(config).__name__}")
+    out = out or config.out or None
+    if out is not None:
+        check_output_path(out, overwrite)  # refuse before the slow part
+    report, grids = measure(config, log)
+    report = {"command": command or "pixpref.evaluation.evaluate(config)", "config": to_dict(config), **report}
+    if out is not None:
+        write_report(report, grids, out, overwrite)
+        log(f"wrote {out} (report.json, report.md, {len(report['figures']) + len(report['grids'])} PNGs) "
+            f"in {report['seconds']:.0f}s")
+    return report

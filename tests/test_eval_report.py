@@ -1,0 +1,125 @@
+"""``pixpref eval`` on the tiny config: report.json ranges, report.md numbers, figures, config errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pixpref.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "configs" / "eval" / "tiny.yaml"
+USERS, PROMPTS, IMAGES = 3, 2, 2  # as in configs/eval/tiny.yaml
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("eval")
+    data = root / "data"
+    assert main(["toyworld", "make-pairs", "--users", "6", "--pairs-per-user", "12", "--unseen-fraction", "0.5",
+                 "--seed", "0", "--out", str(data)]) == 0
+    log = root / "train_log.jsonl"
+    log.write_text("\n".join(json.dumps({"step": 10 * i, "wall": 2.0 * i, "loss": 0.7 - 0.01 * i,
+                                         "implicit_acc": 0.5 + 0.02 * i}) for i in range(1, 7)) + "\n")
+    out = root / "report"
+    rc = main(["eval", "--config", str(TINY), "--set", f"data={data}", "--set", f"train_logs.dpo={log}",
+               "--set", f"train_logs.inpo={root / 'missing.jsonl'}", "--out", str(out)])
+    assert rc == 0
+    return {"root": root, "data": data, "out": out, "report": json.loads((out / "report.json").read_text())}
+
+
+def _check_rate(result: dict, n: int) -> None:
+    low, high = result["ci95"]
+    assert 0.0 <= low <= result["win_rate"] <= high <= 1.0
+    assert result["n"] == n
+
+
+def test_report_json_keys_and_ranges(run):
+    report = run["report"]
+    for key in ("command", "date", "config", "setup", "adapters", "few_shot", "interpolation", "training", "users",
+                "figures", "grids", "notes", "seconds"):
+        assert key in report
+    n = USERS * PROMPTS * IMAGES
+    assert report["setup"]["comparisons"] == n
+    assert set(report["adapters"]) == {"dpo", "inpo"}
+    for res in report["adapters"].values():
+        _check_rate(res["oracle"], n)
+        assert set(res["oracle"]["per_user"]) == {str(i) for i in report["setup"]["user_ids"]}
+        assert set(res["scorer"]) == {"aesthetics", "alignment", "detail", "overall", "personal"}
+        for dim, result in res["scorer"].items():
+            _check_rate(result, n)
+            assert 0.0 <= res["agreement"][dim]["rate"] <= 1.0 and res["agreement"][dim]["n"] == n
+        assert 0.0 <= res["adherence"]["base"] <= 1.0 and 0.0 <= res["adherence"]["personal"] <= 1.0
+    assert [p["k"] for p in report["few_shot"]["points"]] == [1, 2]
+    for point in report["few_shot"]["points"]:
+        _check_rate(point["oracle"], n)
+        _check_rate(point["scorer_personal"], n)
+    # the headline k is on the few-shot curve: the same images, the same verdict
+    assert report["few_shot"]["points"][1]["oracle"]["win_rate"] == report["adapters"]["dpo"]["oracle"]["win_rate"]
+    (curve,) = report["interpolation"]["curves"]
+    assert curve["alpha"] == [0.0, 0.5, 1.0] and len(curve["utility_a"]) == len(curve["utility_b"]) == 3
+    assert {"base_utility_a", "base_utility_b"} <= set(curve)
+    assert len(report["users"]) == USERS and all(u["description"].startswith("user ") for u in report["users"])
+    assert set(report["training"]) == {"dpo"} and report["training"]["dpo"]["summary"]["last_step"] == 60
+    assert any("missing.jsonl" in note for note in report["notes"])  # a missing log is skipped with a note
+
+
+def test_report_md_has_the_numbers(run):
+    md = (run["out"] / "report.md").read_text()
+    report = run["report"]
+    for name, res in report["adapters"].items():
+        low, high = res["oracle"]["ci95"]
+        assert f"| {name} | {res['oracle']['win_rate']:.3f} | [{low:.3f}, {high:.3f}] |" in md
+        assert f"{res['scorer']['personal']['win_rate']:.3f}" in md
+        assert f"{res['agreement']['personal']['rate']:.3f}" in md
+    for point in report["few_shot"]["points"]:
+        assert f"| {point['k']} | {point['oracle']['win_rate']:.3f} |" in md
+    assert report["command"] in md
+    assert "missing.jsonl" in md
+
+
+def test_figures_are_valid_pngs(run):
+    report, out = run["report"], run["out"]
+    assert set(report["figures"]) == {"few_shot", "interpolation", "training", "dimensions"}
+    assert len(report["grids"]) == 2
+    for name in [*report["figures"].values(), *report["grids"].values()]:
+        with Image.open(out / name) as im:
+            im.verify()
+            assert im.format == "PNG"
+    with Image.open(out / next(iter(report["grids"].values()))) as im:
+        # rows: base + 2 adapters; columns: prompts x images (32 px images, 2 px padding, upscale 3)
+        assert im.size == (3 * (PROMPTS * IMAGES * 34 + 2), 3 * (3 * 34 + 2))
+
+
+def test_misspelt_config_key_exits_2_naming_valid_keys(run, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY.read_text().replace("images_per_prompt:", "images_per_promt:"))
+    rc = main(["eval", "--config", str(bad), "--set", f"data={run['data']}", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "images_per_promt" in err and "valid keys" in err and "images_per_prompt" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_existing_output_is_refused_without_overwrite(run, capsys):
+    before = (run["out"] / "report.json").read_text()
+    rc = main(["eval", "--config", str(TINY), "--set", f"data={run['data']}", "--out", str(run["out"])])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "--overwrite" in err
+    assert (run["out"] / "report.json").read_text() == before
+
+
+def test_paired_win_rate_and_agreement():
+    import numpy as np
+
+    from pixpref.evaluation.judges import agreement, paired_win_rate
+
+    a, b = np.array([2.0, 1.0, 0.0, 5.0]), np.array([1.0, 1.0, 1.0, 4.0])
+    r = paired_win_rate(a, b)  # wins 2, tie 1, loss 1
+    assert (r["wins"], r["ties"], r["losses"], r["n"]) == (2, 1, 1, 4) and r["win_rate"] == 2.5 / 4
+    assert r["ci95"][0] < r["win_rate"] < r["ci95"][1] and r["mean_delta"] == 0.25
+    agree = agreement(a - b, np.array([0.3, 0.0, 0.2, 0.1]))  # same side in 3 of 4 (the tie counts)
+    assert agree["rate"] == 0.75 and agree["n"] == 4
