@@ -34,6 +34,7 @@ test: $(STAMP) browser
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_ppd_step.py
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_scorer.py
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_user_embedding.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pixpref train tests benchmarks
