@@ -44,11 +44,15 @@ def test_browser_clicks_through_the_whole_flow(demo_app, browser, tmp_path):
     page.get_by_label("Profile name").fill("browser")
     page.get_by_role("button", name="Make my profile").click()
     page.wait_for_selector("text=made from 3 pairs", timeout=60_000)
+    page.wait_for_function("() => [...document.querySelectorAll('img')].filter(i => i.complete && i.naturalWidth > 0).length >= 8",
+                           timeout=60_000)
     page.screenshot(path=str(out / "demo_taste.png"), full_page=True)
 
     page.get_by_role("tab", name="2. Your images").click()
     page.get_by_role("button", name="Generate").click()
     page.wait_for_selector("th:has-text('personalized (mean)')", timeout=120_000)
+    loaded = "() => [...document.querySelectorAll('img')].filter(i => i.complete && i.naturalWidth > 0).length >= 8"
+    page.wait_for_function(loaded, timeout=60_000)
     page.screenshot(path=str(out / "demo_images.png"), full_page=True)
     # both galleries hold images now
     assert page.locator("img").count() >= 8

@@ -39,6 +39,20 @@ def _adapter(out: Path) -> dict[str, torch.Tensor]:
     return load_file(str(out / "adapter" / "user_adapter.safetensors"))
 
 
+def _logged_step(out: Path) -> int:
+    """The last step in the run's train_log.jsonl (0 if none yet)."""
+    import json
+
+    path = out / "train_log.jsonl"
+    if not path.is_file():
+        return 0
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    try:
+        return int(json.loads(lines[-1])["step"]) if lines else 0
+    except (ValueError, KeyError):  # a line being written
+        return 0
+
+
 def run_with_kills(assets, out: Path, kills: int, seed: int, env=ENV) -> dict:
     """Run to the end, SIGKILLing ``kills`` times; the first kill lands inside a checkpoint write."""
     rng = random.Random(seed)
@@ -56,8 +70,13 @@ def run_with_kills(assets, out: Path, kills: int, seed: int, env=ENV) -> dict:
                     if proc.poll() is not None:
                         break
                     time.sleep(0.05)
-            else:
-                time.sleep(rng.uniform(2.0, 8.0))
+            else:  # a random moment mid-run: after a random step has been logged, plus up to 0.5 s
+                done = _logged_step(out)
+                target = rng.randint(done + 1, STEPS - 1) if done + 1 <= STEPS - 1 else STEPS - 1
+                deadline = time.time() + 120
+                while time.time() < deadline and proc.poll() is None and _logged_step(out) < target:
+                    time.sleep(0.02)
+                time.sleep(rng.uniform(0.0, 0.5))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()

@@ -120,8 +120,8 @@ def measure(config: EvalConfig, log: Callable[[str], None] = _log) -> tuple[dict
     from pixpref.personalize.embeddings import USER_ENCODER_SPEC, read_user_encoder_spec
     from pixpref.scorer.api import _resolve_folder
 
-    scorer_folder = _resolve_folder(config.scorer)
-    if (scorer_folder / USER_ENCODER_SPEC).is_file():  # the scorer says how it embeds users
+    scorer_folder = _resolve_folder(config.scorer) if config.scorer else None
+    if scorer_folder is not None and (scorer_folder / USER_ENCODER_SPEC).is_file():  # it says how it embeds users
         scorer_spec = read_user_encoder_spec(scorer_folder)
     lap("user examples", start)
 
@@ -157,7 +157,7 @@ def measure(config: EvalConfig, log: Callable[[str], None] = _log) -> tuple[dict
             for k in ks_here:
                 emb = embeddings.get(specs[name], k)  # (U, T, D)
                 scorer_emb = embeddings.get(scorer_spec, k) if scorer is not None else None
-                images = personalized_images(apipe, adapter, setup, emb)  # (U, P, n, H, W, 3)
+                images = personalized_images(apipe, adapter, setup, emb, scale=config.user_scale)  # (U, P, n, H, W, 3)
                 verdict = judge(users, images, base, setup.prompts, scorer, scorer_emb)
                 if k == config.k:
                     adapters[name] = {"folder": str(folder), "user_encoder": specs[name], "k": k, **verdict}

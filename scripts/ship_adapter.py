@@ -1,0 +1,47 @@
+"""Copy a trained adapter folder into the package as fp16 (how the shipped toy adapters are made).
+
+    python scripts/ship_adapter.py runs/ppd_dpo/adapter dpo     # -> pixpref/pretrained/toy/adapter_dpo
+    python scripts/ship_adapter.py runs/ppd_inpo/adapter inpo
+
+Recipe of the shipped adapters (2026-11-23), after the shipped base model:
+    pixpref toyworld make-pairs --users 200 --pairs-per-user 40 --seed 0 --source model --model toy \
+        --per-combo 16 --steps 15 --pool runs/toy_pool.npz --out runs/toy_ppd_data
+    accelerate launch --config_file configs/accelerate/cpu.yaml train/train_ppd.py --config configs/toy/ppd_dpo.yaml
+    accelerate launch --config_file configs/accelerate/cpu.yaml train/train_ppd.py --config configs/toy/ppd_inpo.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+FILES = ("adapter_config.json", "user_encoder.json")
+WEIGHTS = "user_adapter.safetensors"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("adapter", help="adapter folder written by train/train_ppd.py (OUT/adapter)")
+    ap.add_argument("name", choices=["dpo", "inpo"])
+    args = ap.parse_args(argv)
+    from safetensors.torch import load_file, save_file
+
+    src = Path(args.adapter)
+    dst = Path(__file__).resolve().parent.parent / "pixpref" / "pretrained" / "toy" / f"adapter_{args.name}"
+    missing = [f for f in (*FILES, WEIGHTS) if not (src / f).is_file()]
+    if missing:
+        print(f"ship_adapter: {src} lacks {', '.join(missing)}", file=sys.stderr)
+        return 2
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in FILES:
+        shutil.copy(src / f, dst / f)
+    state = load_file(str(src / WEIGHTS))
+    save_file({k: v.half().contiguous() for k, v in state.items()}, str(dst / WEIGHTS))
+    print(f"wrote {dst} ({(dst / WEIGHTS).stat().st_size / 1e3:.0f} kB, {len(state)} tensors, fp16)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
