@@ -209,7 +209,7 @@ def create_demo(engine: DemoEngine, workdir: str | Path | None = None) -> gr.Blo
                 base_gallery = gr.Gallery(label="Base model", columns=cfg.num_images, height="auto")
                 personal_gallery = gr.Gallery(label="Personalized", columns=cfg.num_images, height="auto")
             score_plot = gr.BarPlot(x="dimension", y="score", color="images", title="Mean score per dimension",
-                                    height=260)
+                                    height=260, sort=None)
             score_md = gr.Markdown()
             with gr.Accordion("All scores (JSON)", open=False):
                 score_json = gr.JSON()
@@ -262,7 +262,8 @@ def _score_table(result: GenerationResult) -> Any:
     for label, scores in (("base", result.scores_base), ("personalized", result.scores_personal)):
         for d in DIMENSION_ORDER:
             if d in scores:
-                rows.append({"dimension": d, "score": float(np.mean(scores[d])), "images": label})
+                # one bar per (dimension, images): side by side, not stacked
+                rows.append({"dimension": f"{d} / {label[:4]}", "score": float(np.mean(scores[d])), "images": label})
     return pd.DataFrame(rows)
 
 
