@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +55,18 @@ def create_demo(engine: DemoEngine, workdir: str | Path | None = None) -> gr.Blo
     workdir.mkdir(parents=True, exist_ok=True)
     size = cfg.display_size
 
-    def show(img: np.ndarray) -> Image.Image:
-        return Image.fromarray(img).resize((size, size), Image.NEAREST)
+    shown = workdir / "shown"
+    shown.mkdir(exist_ok=True)
 
-    def history_items(choices: list[Choice]) -> list[tuple[Image.Image, str]]:
+    def show(img: np.ndarray) -> str:
+        """Upscale for the page and write a uniquely named PNG. (Returning PIL images let gradio cache
+        identical images of two sessions under one path, and one session could read the file while the
+        other was rewriting it: a truncated download under load.)"""
+        path = shown / f"{uuid.uuid4().hex}.png"
+        Image.fromarray(img).resize((size, size), Image.NEAREST).save(path)
+        return str(path)
+
+    def history_items(choices: list[Choice]) -> list[tuple[str, str]]:
         items = []
         for i, c in enumerate(choices):
             for side, img in (("a", c.a), ("b", c.b)):
@@ -165,7 +174,8 @@ def create_demo(engine: DemoEngine, workdir: str | Path | None = None) -> gr.Blo
 
     # ----- layout ------------------------------------------------------------------------------------
 
-    with gr.Blocks(title="pixpref: personalized text-to-image") as demo:
+    # files the app wrote (shown images, profiles) and gradio's copies are deleted after an hour
+    with gr.Blocks(title="pixpref: personalized text-to-image", delete_cache=(600, 3600)) as demo:
         choices = gr.State([])
         current = gr.State(None)
         profiles = gr.State({})
@@ -176,8 +186,8 @@ def create_demo(engine: DemoEngine, workdir: str | Path | None = None) -> gr.Blo
                 taste_prompt = gr.Textbox(value=engine.suggest_prompt(0), label="Prompt", scale=4)
                 show_btn = gr.Button("Show two images", variant="primary", scale=1)
             with gr.Row():
-                img_a = gr.Image(label="A", type="pil", interactive=False, height=size, width=size, elem_id="pair-a")
-                img_b = gr.Image(label="B", type="pil", interactive=False, height=size, width=size, elem_id="pair-b")
+                img_a = gr.Image(label="A", type="filepath", interactive=False, height=size, width=size, elem_id="pair-a")
+                img_b = gr.Image(label="B", type="filepath", interactive=False, height=size, width=size, elem_id="pair-b")
             with gr.Row():
                 pick_a = gr.Button("I prefer A")
                 pick_none = gr.Button("No preference")
@@ -248,7 +258,7 @@ def _safe_name(name: str) -> str:
     return keep[:60] or "profile"
 
 
-def _gallery(images: np.ndarray | None, scores: dict[str, list[float]], show) -> list[tuple[Image.Image, str]]:
+def _gallery(images: np.ndarray | None, scores: dict[str, list[float]], show) -> list[tuple[str, str]]:
     if images is None:
         return []
     dims = [d for d in DIMENSION_ORDER if d in scores]
