@@ -93,7 +93,9 @@ def main(argv=None) -> int:
     print(f"cold / cached {cold / cached:.0f}x, warm / cached {warm / cached:.0f}x; peak RSS {peak_mb:.0f} MB")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"info": info, "seconds": rows, "peak_rss_mb": peak_mb}, indent=1))
+        Path(args.json).write_text(json.dumps({
+            "info": info, "rows": {k: {"seconds": v, "peak_rss_mb": peak_mb} for k, v in rows.items()},
+            "ratios": {"cold / cached": cold / cached, "warm / cached": warm / cached}}, indent=1))
     return 0
 
 
