@@ -40,7 +40,13 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    pipe = load_pipeline(args.model, device=device)
+    from pixpref.errors import PixprefError
+
+    try:  # e.g. sd15 on a machine without its weights
+        pipe = load_pipeline(args.model, device=device)
+    except PixprefError as e:
+        print(f"skipped: {e}")
+        return 0
     pipe.set_progress_bar_config(disable=True)
     unet = pipe.unet.requires_grad_(False)
     c, s = unet.config.in_channels, unet.config.sample_size
