@@ -163,6 +163,7 @@ CASES = [
     _cli("generate-user-missing", "not found", "generate", "--prompt", "a red star", "--user", "{root}/none.safetensors", "--out", "{out}", out="{out}"),
     _cli("generate-unknown-adapter", "adapter", "generate", "--prompt", "a red star", "--user-pairs", "{root}/pairs/good.jsonl", "--adapter", "ppo", "--out", "{out}", out="{out}"),
     _cli("generate-existing-out", "--overwrite", "generate", "--prompt", "a red star", "--out", "{root}/pairs"),
+    _cli("generate-overwrite-foreign-folder", "did not write", "generate", "--prompt", "a red star", "--out", "{root}/pairs", "--overwrite"),
     # --- embed-user ---
     _cli("embed-zero-pairs", "pair", "embed-user", "--pairs", "{root}/pairs/empty.jsonl", "--out", "{out}.safetensors", out="{out}.safetensors"),
     _cli("embed-escape", "..", "embed-user", "--pairs", "{root}/pairs/escape.jsonl", "--out", "{out}.safetensors", out="{out}.safetensors"),

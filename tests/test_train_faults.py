@@ -103,3 +103,27 @@ def test_sigkill_resume_gives_the_uninterrupted_adapter(assets, tmp_path):
     ckpts = faulty / "checkpoints"
     assert not list(ckpts.glob(".tmp_*")), "a half-written checkpoint was left behind"
     assert all((c / "step.json").is_file() for c in ckpts.iterdir())
+
+
+def test_killed_generate_leaves_no_half_written_file(tmp_path):
+    """SIGKILL `pixpref generate` at random moments: every file in the output folder is complete."""
+    from PIL import Image
+
+    rng = random.Random(1)
+    for attempt in range(3):
+        out = tmp_path / f"gen{attempt}"
+        proc = subprocess.Popen([sys.executable, "-m", "pixpref.cli", "generate", "--prompt", "a red star",
+                                 "--num-images", "48", "--steps", "4", "--out", str(out)], env=ENV, cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120  # kill once the first image is on disk, a random moment later
+        while time.time() < deadline and proc.poll() is None and not list(out.glob("*.png")):
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0.0, 0.01))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        files = list(out.iterdir()) if out.exists() else []
+        assert not [f.name for f in files if f.name.startswith(".") or f.suffix == ".tmp"], files
+        for f in files:
+            if f.suffix == ".png":
+                with Image.open(f) as im:
+                    im.load()  # a truncated PNG raises here

@@ -201,8 +201,11 @@ def train(args) -> int:
             from peft.utils import get_peft_model_state_dict
             from safetensors.torch import save_file
 
-            save_file(get_peft_model_state_dict(inner.unet), str(directory / "unet_lora.safetensors"),
-                      metadata={"lora_rank": str(tc.lora_rank), "target_modules": "to_q,to_k,to_v,to_out.0"})
+            from pixpref.io_utils import atomic_path
+
+            with atomic_path(directory / "unet_lora.safetensors") as tmp:
+                save_file(get_peft_model_state_dict(inner.unet), str(tmp),
+                          metadata={"lora_rank": str(tc.lora_rank), "target_modules": "to_q,to_k,to_v,to_out.0"})
 
     def save_hook(models, weights, output_dir):
         if accelerator.is_main_process:

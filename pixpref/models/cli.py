@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from pathlib import Path
 
 from pixpref.errors import PixprefError
@@ -104,11 +105,19 @@ def _personalized_images(pipe, args: argparse.Namespace, steps: int, guidance: f
 
 def cmd_generate(args: argparse.Namespace) -> int:
     check_generate_args(args)
-    from pixpref.io_utils import atomic_path, check_output_path
+    from pixpref.io_utils import check_output_path
 
     out = check_output_path(args.out, args.overwrite)
     if out.exists() and not out.is_dir():
         raise PixprefError(f"--out {out} exists and is not a folder")
+    if out.is_dir():  # --overwrite replaces the folder: only ever one that holds a previous generate's files
+        import re
+
+        foreign = [p.name for p in out.iterdir()
+                   if not (re.fullmatch(r"\d{3,}\.png", p.name) or p.name in ("grid.png", "generate.json"))]
+        if foreign:
+            raise PixprefError(f"--out {out} holds files generate did not write ({', '.join(sorted(foreign)[:3])}); "
+                               "choose a new or empty folder")
 
     from PIL import Image
 
@@ -129,23 +138,35 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:  # no user: exactly the base model for this seed
         images = generate_images(pipe, args.prompt, args.num_images, args.seed, steps, guidance)
 
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, img in enumerate(images):
-        path = out / f"{i:03d}.png"
-        with atomic_path(path) as tmp:
-            Image.fromarray(img).save(tmp, format="PNG")
-        paths.append(path.name)
-    upscale = max(1, 128 // images.shape[1])
-    with atomic_path(out / "grid.png") as tmp:
-        make_grid(images, ncols=min(8, len(images)), upscale=upscale).save(tmp, format="PNG")
-    settings = {"prompt": args.prompt, "model": str(args.model), "num_images": args.num_images, "seed": args.seed,
-                "user": args.user or args.user_pairs, "user_scale": args.user_scale if user_given else None,
-                "adapter": args.adapter if user_given else None,
-                "steps": steps, "guidance_scale": guidance, "scheduler": type(pipe.scheduler).__name__,
-                "images": paths}
-    with atomic_path(out / "generate.json") as tmp:
-        tmp.write_text(json.dumps(settings, indent=2) + "\n")
+    # everything is written into a hidden sibling folder that replaces --out only when complete, so a run
+    # killed at any moment leaves no half-written file in --out (at most a stale .tmp_ sibling)
+    import shutil
+    import tempfile
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".tmp_{out.name}_*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp_{out.name}_", dir=out.parent))
+    try:
+        paths = []
+        for i, img in enumerate(images):
+            path = tmp / f"{i:03d}.png"
+            Image.fromarray(img).save(path, format="PNG")
+            paths.append(path.name)
+        upscale = max(1, 128 // images.shape[1])
+        make_grid(images, ncols=min(8, len(images)), upscale=upscale).save(tmp / "grid.png", format="PNG")
+        settings = {"prompt": args.prompt, "model": str(args.model), "num_images": args.num_images,
+                    "seed": args.seed, "user": args.user or args.user_pairs,
+                    "user_scale": args.user_scale if user_given else None,
+                    "adapter": args.adapter if user_given else None,
+                    "steps": steps, "guidance_scale": guidance, "scheduler": type(pipe.scheduler).__name__,
+                    "images": paths}
+        (tmp / "generate.json").write_text(json.dumps(settings, indent=2) + "\n")
+        if out.exists():  # --overwrite was given (checked above)
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     print(f"wrote {len(paths)} images and grid.png to {out}")
     return 0
 

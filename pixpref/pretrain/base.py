@@ -19,6 +19,7 @@ import contextlib
 import copy
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,7 +254,22 @@ def save_pipeline(pipe, params_ema, out_dir: Path, dtype_name: str) -> None:
     params_ema.copy_to(params)
     with _quiet_diffusers():  # the fp16 cast warns about modules to keep in fp32; this UNet has none
         snapshot.to(dtype=getattr(torch, dtype_name))
-    snapshot.save_pretrained(out_dir, safe_serialization=True)
+    # write into a temporary folder, then move each component into place: a kill mid-save never leaves a
+    # half-written weights file in out_dir (at worst components of two consecutive snapshots)
+    import shutil
+    import tempfile
+
+    out_dir = Path(out_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp_save_", dir=out_dir))
+    try:
+        snapshot.save_pretrained(tmp, safe_serialization=True)
+        for item in sorted(tmp.iterdir(), key=lambda p: p.name == "model_index.json"):  # the index last
+            target = out_dir / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(item, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def sample_grid(pipe, prompts: list[str], n_per_prompt: int, guidance_scale: float, seed: int, steps: int = 25):
