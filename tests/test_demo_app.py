@@ -173,3 +173,19 @@ def test_no_file_outside_the_app_can_be_fetched(demo_app):
         assert not leaked, f"{path} leaked a file (HTTP {r.status_code})"
         refused += 1
     print(f"path traversal attempts refused: {refused}/{len(TRAVERSAL_PATHS)}")
+
+
+def test_oversized_upload_is_refused(demo_app, tmp_path):
+    """An upload over max_upload_mb (8 MB) never reaches the models."""
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(9 * 2**20))
+    client = Client(demo_app["url"], verbose=False)
+    with pytest.raises(Exception) as err:
+        client.predict("a red star", handle_file(str(big)), handle_file(str(big)), api_name="/add_upload")
+    text = str(err.value).lower()
+    assert "traceback" not in text and ("large" in text or "size" in text or "413" in text), text
+    # the server refuses it too (a client that skips gradio_client's own check)
+    import httpx
+
+    r = httpx.post(demo_app["url"] + "gradio_api/upload", files={"files": ("big.png", big.read_bytes())}, timeout=60)
+    assert r.status_code == 413, (r.status_code, r.text[:200])
