@@ -382,8 +382,9 @@ def write_checkpoint(accelerator, root: Path, step: int, total_limit: int | None
         if final.exists():  # the same step saved before (a resumed run re-reaching it)
             shutil.rmtree(final)
         os.replace(tmp, final)
-        if total_limit:
-            for old in [p for p in checkpoint_dirs(root) if p != final][: max(0, len(checkpoint_dirs(root)) - total_limit)]:
+        if total_limit:  # the oldest others go; the one just written always stays
+            others = [p for p in checkpoint_dirs(root) if p != final]
+            for old in others[: max(0, len(others) + 1 - total_limit)]:
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final

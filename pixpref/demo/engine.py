@@ -184,13 +184,10 @@ class DemoEngine:
     def scorer_user_spec(self) -> dict[str, Any]:
         """How the scorer's 'personal' dimension embeds users: its folder's user_encoder.json, else the
         configured VLM with the default pooling."""
-        from pixpref.personalize.embeddings import USER_ENCODER_SPEC, read_user_encoder_spec
-        from pixpref.scorer.api import _resolve_folder
+        from pixpref.scorer.api import user_encoder_spec
 
-        folder = _resolve_folder(self.config.scorer)
-        if (folder / USER_ENCODER_SPEC).is_file():
-            return read_user_encoder_spec(folder)
-        return {"vlm": self.config.scorer_user_encoder, "pooling": "last_token_all_layers"}
+        return user_encoder_spec(self.config.scorer,
+                                 {"vlm": self.config.scorer_user_encoder, "pooling": "last_token_all_layers"})
 
     def _settings(self) -> dict[str, Any]:
         cfg = self.config

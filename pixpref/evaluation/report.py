@@ -117,12 +117,10 @@ def measure(config: EvalConfig, log: Callable[[str], None] = _log) -> tuple[dict
     examples = {k: few_shot_examples(pairs, k, config.example_seed) for k in ks}
     embeddings = UserEmbeddings(users, examples, config.device)
     scorer_spec = {"source": "vlm", "vlm": config.scorer_vlm, "pooling": config.scorer_pooling}
-    from pixpref.personalize.embeddings import USER_ENCODER_SPEC, read_user_encoder_spec
-    from pixpref.scorer.api import _resolve_folder
+    if config.scorer:  # a scorer that records how it embeds users overrides the config
+        from pixpref.scorer.api import user_encoder_spec
 
-    scorer_folder = _resolve_folder(config.scorer) if config.scorer else None
-    if scorer_folder is not None and (scorer_folder / USER_ENCODER_SPEC).is_file():  # it says how it embeds users
-        scorer_spec = read_user_encoder_spec(scorer_folder)
+        scorer_spec = user_encoder_spec(config.scorer, scorer_spec)
     lap("user examples", start)
 
     # 3. models and base images

@@ -177,6 +177,15 @@ def user_batch(user: str | Path | torch.Tensor, n: int, user_dim: int) -> torch.
 # loading
 
 
+def user_encoder_spec(name_or_path: str | Path, default: dict[str, Any]) -> dict[str, Any]:
+    """How scorer ``name_or_path``'s ``personal`` dimension embeds users: the ``user_encoder.json`` saved
+    beside it by train/train_scorer.py, else ``default`` (scorers saved before that file existed)."""
+    from pixpref.personalize.embeddings import USER_ENCODER_SPEC, read_user_encoder_spec
+
+    folder = _resolve_folder(name_or_path)
+    return read_user_encoder_spec(folder) if (folder / USER_ENCODER_SPEC).is_file() else default
+
+
 def _refuse_pickle(path: Path) -> PixprefError:
     """Explain why a pickled checkpoint is not loaded (trying it only with weights_only=True)."""
     try:
