@@ -262,3 +262,32 @@ def test_drop_user_tokens_masks_per_sample():
     assert 0.2 < 1 - a.float().mean().item() < 0.4
     with pytest.raises(PixprefError):
         drop_user_tokens(tokens, 1.5)
+
+
+@pytest.mark.parametrize("mode", ["joint", "text"])
+def test_guided_kwargs_put_the_user_in_the_halves_the_mode_says(case, mode):
+    kind, unet, inputs, embedding, base = case
+    adapter = UserAdapter(UserAdapterConfig(embed_dim=EMBED_DIM, num_tokens=NUM_TOKENS), unet)
+    randomise(adapter)
+    adapter.install(unet)
+    try:
+        tokens = adapter.encode(embedding)  # (B, T, C)
+        doubled = {k: torch.cat([v, v]) for k, v in inputs.items() if torch.is_tensor(v)}
+        if "added_cond_kwargs" in inputs:
+            doubled["added_cond_kwargs"] = {k: torch.cat([v, v]) for k, v in inputs["added_cond_kwargs"].items()}
+        with torch.no_grad():
+            out = run(unet, doubled, **adapter.guided_kwargs(tokens, do_cfg=True, user_guidance=mode))
+            personal = run(unet, inputs, **adapter.attention_kwargs(tokens))
+            single = run(unet, inputs, **adapter.guided_kwargs(tokens, do_cfg=False, user_guidance=mode))
+        uncond, cond = out.chunk(2)
+        torch.testing.assert_close(cond, personal, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(single, personal, rtol=0, atol=0)
+        if mode == "joint":  # the unconditional half is the base model: guidance amplifies the user
+            torch.testing.assert_close(uncond, base, rtol=1e-5, atol=1e-5)
+        else:
+            torch.testing.assert_close(uncond, personal, rtol=1e-5, atol=1e-5)
+            assert (uncond - base).abs().max() > 1e-4
+        with pytest.raises(PixprefError, match="joint, text"):
+            adapter.guided_kwargs(tokens, do_cfg=True, user_guidance="both")
+    finally:
+        adapter.remove(unet)

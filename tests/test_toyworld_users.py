@@ -165,3 +165,23 @@ def test_bad_image_source_leaves_nothing_behind(tmp_path):
     with pytest.raises(PixprefError, match="expected uint8"):
         write_pairs(tmp_path / "p", users, 2, seed=0, image_source=bad)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_pair_contrast_points_at_what_the_choices_share():
+    from pixpref.toyworld.scene import Scene
+    from pixpref.toyworld.users import Term, User, basis_names, pair_contrast
+
+    names = basis_names()
+    # every chosen image is a larger object than its rejected twin; nothing else differs
+    chosen = np.stack([render(Scene("circle", c, size=0.35), 32) for c in ("red", "blue", "green")])
+    rejected = np.stack([render(Scene("circle", c, size=0.12), 32) for c in ("red", "blue", "green")])
+    d = pair_contrast(chosen, rejected)
+    assert d.shape == (len(names),)
+    assert d[names.index("size")] > 0.1
+    others = [v for n, v in zip(names, d) if not n.startswith("size")]
+    assert np.abs(others).max() < 0.05
+    # a user who likes large objects agrees with this contrast, one who likes small ones does not
+    big, small = User(0, (Term("size", "linear", 2.0),)), User(1, (Term("size", "linear", -2.0),))
+    assert d @ big.weights_vector() > 0 > d @ small.weights_vector()
+    with pytest.raises(PixprefError, match="pair_contrast"):
+        pair_contrast(chosen, rejected[:2])

@@ -86,6 +86,21 @@ def test_runs_and_writes_everything(assets, cache, tmp_path, loss):
         assert len(pngs) == 1 and pngs[0].stat().st_size > 0
 
 
+def test_oracle_pairs_source_reads_each_chunks_own_pairs(assets, tmp_path):
+    """user.source=oracle_pairs: each chunk's embedding is the pixel oracle's contrast of its own k pairs."""
+    from pixpref.toyworld.users import basis_names
+
+    out = tmp_path / "run"
+    res = _train(assets, out, "--set", "user.source=oracle_pairs", max_steps=2, validate_every=0)
+    assert res.returncode == 0, res.stderr[-3000:]
+    spec = json.loads((out / "adapter" / "user_encoder.json").read_text())
+    assert spec["source"] == "oracle_pairs"
+    cache = load_file(str(out / "user_embeddings.safetensors"))
+    assert cache and all(v.shape == (1, len(basis_names())) for v in cache.values())
+    assert len({tuple(v.flatten().tolist()) for v in cache.values()}) > 1  # chunks differ
+    assert all(torch.isfinite(v).all() for v in cache.values())
+
+
 def test_resume_matches_uninterrupted_run(assets, cache, tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
     common = dict(user_cache=cache, checkpoint_every=2, user_dropout=0.5)  # dropout draws from the step seed too

@@ -5,11 +5,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pixpref.errors import PixprefError, unknown_name
-from pixpref.personalize.names import POOLINGS
+from pixpref.personalize.names import POOLINGS, USER_GUIDANCE_MODES
 
 # prompts whose colour and shape the oracle can check (prompt adherence)
 DEFAULT_PROMPTS = ["a green circle", "an image of a orange square", "a photo of a cyan star", "a magenta triangle",
@@ -34,6 +35,7 @@ class EvalConfig:
     steps: int = 20  # sampler steps
     guidance: float = 2.0  # classifier-free guidance scale
     user_scale: float = 1.0  # personalization strength of the user branch (the adapters' scale)
+    user_guidance: str = "joint"  # "joint": guidance amplifies text and user; "text": text only
     noise_seed: int = 1234  # seed of the initial noises (prompt i uses noise_seed + i)
     k: int = 4  # examples per user for the headline win rates
     few_shot_k: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # the few-shot curve's k values
@@ -82,6 +84,10 @@ class EvalConfig:
             raise unknown_name("primary adapter", self.primary, self.adapters)
         if self.scorer_pooling not in POOLINGS:
             raise unknown_name("scorer_pooling", self.scorer_pooling, POOLINGS)
+        if self.user_guidance not in USER_GUIDANCE_MODES:
+            raise unknown_name("user_guidance", self.user_guidance, USER_GUIDANCE_MODES)
+        if not math.isfinite(self.user_scale):
+            raise PixprefError(f"user_scale must be finite, got {self.user_scale}")
 
     @property
     def primary_adapter(self) -> str:

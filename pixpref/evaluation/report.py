@@ -45,6 +45,19 @@ class UserEmbeddings:
 
         if spec.get("source", "vlm") == "oracle":
             return torch.stack([torch.as_tensor(u.weights_vector(), dtype=torch.float32)[None] for u in self.users])
+        if spec.get("source") == "oracle_pairs":  # the pixel oracle's reading of the same k examples
+            import numpy as np
+
+            from pixpref.data.images import load_rgb
+            from pixpref.toyworld.users import pair_contrast
+
+            rows = []
+            for u in self.users:
+                ex = self.examples[k][str(u.id)]
+                chosen = np.stack([load_rgb(c, where="example") for _, c, _ in ex])
+                rejected = np.stack([load_rgb(r, where="example") for _, _, r in ex])
+                rows.append(torch.as_tensor(pair_contrast(chosen, rejected), dtype=torch.float32)[None])
+            return torch.stack(rows)
         key = (spec["vlm"], spec["pooling"], int(spec.get("generate_tokens", 0)), k)
         if key not in self._cache:
             from pixpref.personalize.user_encoder import UserEncoder, UserEncoderConfig
@@ -103,11 +116,12 @@ def measure(config: EvalConfig, log: Callable[[str], None] = _log) -> tuple[dict
     folders = {name: resolve_adapter(value) for name, value in config.adapters.items()}
     specs = {name: read_user_encoder_spec(folder) for name, folder in folders.items()}
     primary = config.primary_adapter
-    primary_is_vlm = specs[primary].get("source", "vlm") == "vlm"
+    primary_is_vlm = specs[primary].get("source", "vlm") in ("vlm", "oracle_pairs")  # reads the k examples
     train_logs, notes = load_train_logs(config.train_logs)  # read early: a bad log fails fast
     users = unseen_users(data, config.users)
     setup = EvalSetup(prompts=list(config.prompts), seeds=config.images_per_prompt, steps=config.steps,
-                      guidance=config.guidance, noise_seed=config.noise_seed)
+                      guidance=config.guidance, noise_seed=config.noise_seed, user_scale=config.user_scale,
+                      user_guidance=config.user_guidance)
     u_, p_, n_ = len(users), len(setup.prompts), setup.seeds
 
     # 2. few-shot examples and user embeddings
@@ -155,7 +169,7 @@ def measure(config: EvalConfig, log: Callable[[str], None] = _log) -> tuple[dict
             for k in ks_here:
                 emb = embeddings.get(specs[name], k)  # (U, T, D)
                 scorer_emb = embeddings.get(scorer_spec, k) if scorer is not None else None
-                images = personalized_images(apipe, adapter, setup, emb, scale=config.user_scale)  # (U, P, n, H, W, 3)
+                images = personalized_images(apipe, adapter, setup, emb)  # (U, P, n, H, W, 3)
                 verdict = judge(users, images, base, setup.prompts, scorer, scorer_emb)
                 if k == config.k:
                     adapters[name] = {"folder": str(folder), "user_encoder": specs[name], "k": k, **verdict}

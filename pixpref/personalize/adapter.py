@@ -45,6 +45,7 @@ from torch import nn
 from pixpref.config import from_dict
 from pixpref.errors import PixprefError, unknown_name
 from pixpref.io_utils import atomic_path, read_json
+from pixpref.personalize.names import USER_GUIDANCE_MODES
 
 WEIGHTS_NAME = "user_adapter.safetensors"
 CONFIG_NAME = "adapter_config.json"
@@ -402,6 +403,26 @@ class UserAdapter(nn.Module):
     ) -> dict[str, Any]:
         """The ``cross_attention_kwargs`` for one UNet call (tokens None: the base model)."""
         return {"user_tokens": user_tokens, "user_scale": scale, "user_mask": mask}
+
+    def guided_kwargs(
+        self, user_tokens: torch.Tensor, do_cfg: bool, scale: float | None = None, user_guidance: str = "joint"
+    ) -> dict[str, Any]:
+        """``cross_attention_kwargs`` for a pipeline call: user tokens (B, T, C) for B images.
+
+        Under classifier-free guidance the batch doubles ([unconditional; conditional]); ``user_guidance``
+        (one of :data:`USER_GUIDANCE_MODES`) says whether the unconditional half sees the user.
+        """
+        if user_guidance not in USER_GUIDANCE_MODES:
+            raise unknown_name("user guidance mode", user_guidance, USER_GUIDANCE_MODES)
+        if not do_cfg:
+            return self.attention_kwargs(user_tokens, scale=scale)
+        n = user_tokens.shape[0]
+        tokens = torch.cat([user_tokens, user_tokens])
+        mask = None
+        if user_guidance == "joint":
+            mask = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)])
+            mask = mask.to(user_tokens.device)
+        return self.attention_kwargs(tokens, scale=scale, mask=mask)
 
     def set_scale(self, scale: float) -> None:
         """Set the default weight of the user branch in every installed processor (per-call kwargs win)."""

@@ -31,7 +31,8 @@ def wilson(wins: float, n: int, z: float = 1.96) -> tuple[float, float]:
 
 @torch.no_grad()
 def generate(pipe: Any, adapter: Any, prompt: str, latents: torch.Tensor, users: torch.Tensor | None,
-             scale: float = 1.0, steps: int = 20, guidance: float = 2.0) -> np.ndarray:
+             scale: float = 1.0, steps: int = 20, guidance: float = 2.0,
+             user_guidance: str = "joint") -> np.ndarray:
     """Images for ``prompt`` from fixed initial ``latents`` (n, C, H, W).
 
     users: (G, T, D) embeddings -> (G, n, H, W, 3) uint8, every user from the same n noises;
@@ -43,9 +44,7 @@ def generate(pipe: Any, adapter: Any, prompt: str, latents: torch.Tensor, users:
     kwargs = None
     if users is not None and scale != 0.0:
         tokens = adapter.encode(users.to(pipe.unet.device, torch.float32)).repeat_interleave(n, dim=0)  # (G*n, T, C)
-        if guidance > 1.0:
-            tokens = torch.cat([tokens, tokens])
-        kwargs = adapter.attention_kwargs(tokens, scale=scale)
+        kwargs = adapter.guided_kwargs(tokens, guidance > 1.0, scale=scale, user_guidance=user_guidance)
     images = pipe(prompt, num_images_per_prompt=g * n, num_inference_steps=steps, guidance_scale=guidance,
                   latents=lat.clone(), cross_attention_kwargs=kwargs, output_type="np").images
     images = (np.asarray(images) * 255 + 0.5).clip(0, 255).astype(np.uint8)
@@ -59,6 +58,8 @@ class EvalSetup:
     steps: int = 20
     guidance: float = 2.0
     noise_seed: int = 1234
+    user_scale: float = 1.0  # weight of the user branch
+    user_guidance: str = "joint"  # see pixpref.personalize.adapter.USER_GUIDANCE_MODES
 
     def latents(self, pipe: Any, prompt_index: int) -> torch.Tensor:
         size = pipe.unet.config.sample_size
@@ -88,13 +89,14 @@ def base_images(pipe: Any, setup: EvalSetup) -> np.ndarray:
                               guidance=setup.guidance)[0] for i, p in enumerate(setup.prompts)])
 
 
-def personalized_images(pipe: Any, adapter: Any, setup: EvalSetup, embeddings: torch.Tensor, scale: float = 1.0,
+def personalized_images(pipe: Any, adapter: Any, setup: EvalSetup, embeddings: torch.Tensor,
                         group: int = 8) -> np.ndarray:
     """(U, P, n, H, W, 3) images for U user embeddings (U, T, D)."""
     per_prompt = []
     for i, p in enumerate(setup.prompts):
         lat = setup.latents(pipe, i)
-        chunks = [generate(pipe, adapter, p, lat, embeddings[s:s + group], scale, setup.steps, setup.guidance)
+        chunks = [generate(pipe, adapter, p, lat, embeddings[s:s + group], setup.user_scale, setup.steps,
+                           setup.guidance, setup.user_guidance)
                   for s in range(0, embeddings.shape[0], group)]
         per_prompt.append(np.concatenate(chunks))  # (U, n, H, W, 3)
     return np.stack(per_prompt, axis=1)

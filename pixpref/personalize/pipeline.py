@@ -125,8 +125,13 @@ class PersonalizedSampler:
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         output_type: str = "np",
+        user_guidance: str = "joint",
     ):
-        """Images for ``prompt`` (same seeds with and without a user). Returns what the pipeline returns."""
+        """Images for ``prompt`` (same seeds with and without a user). Returns what the pipeline returns.
+
+        ``user_guidance``: "joint" (classifier-free guidance amplifies the user too) or "text"; see
+        :data:`pixpref.personalize.adapter.USER_GUIDANCE_MODES`.
+        """
         from pixpref.models.diffusion import default_settings
 
         if not isinstance(prompt, str) or not prompt.strip():
@@ -145,9 +150,8 @@ class PersonalizedSampler:
             emb = user if user.ndim == 3 else user[None]  # (1|N, T, D)
             tokens = self.adapter.encode(emb.to(device, torch.float32))  # (1|N, T_out, C)
             tokens = tokens.expand(num_images, -1, -1) if tokens.shape[0] == 1 else tokens
-            if guidance > 1.0:
-                tokens = torch.cat([tokens, tokens])  # unconditional and conditional halves
-            kwargs = self.adapter.attention_kwargs(tokens.to(self.pipe.unet.dtype), scale=user_scale)
+            kwargs = self.adapter.guided_kwargs(tokens.to(self.pipe.unet.dtype), guidance > 1.0, scale=user_scale,
+                                                user_guidance=user_guidance)
         generator = torch.Generator().manual_seed(int(seed))
         return self.pipe(
             prompt, num_images_per_prompt=num_images, num_inference_steps=steps, guidance_scale=guidance,

@@ -16,7 +16,7 @@ from pixpref.data.pairs import DataConfig
 from pixpref.errors import PixprefError, unknown_name
 from pixpref.personalize.losses import LOSSES
 
-USER_SOURCES = ("vlm", "oracle")
+USER_SOURCES = ("vlm", "oracle", "oracle_pairs")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 REPORT_TO = ("tensorboard", "wandb", "none")
 
@@ -31,10 +31,12 @@ class ModelSection:
 
 @dataclass
 class UserSection:
-    """source: "vlm" (PPD: the VLM reads k pairs) or "oracle" (toy world only: the user's true utility
-    weights, the upper bound). cache: where per-chunk embeddings are written/read."""
+    """source: "vlm" (PPD: the VLM reads k pairs), or in the toy world only "oracle" (the user's true
+    utility weights, the upper bound) or "oracle_pairs" (the pixel oracle's reading of the same k pairs the
+    VLM sees: what a perfect perception of the examples could tell). cache: where per-chunk embeddings are
+    written/read."""
 
-    source: Literal["vlm", "oracle"] = "vlm"
+    source: Literal["vlm", "oracle", "oracle_pairs"] = "vlm"
     vlm: str = "toy"
     pooling: Literal[
         "last_token_all_layers", "last_token_last_layer", "mean_last_layer", "image_contrast_all_layers"

@@ -23,13 +23,29 @@ def oracle_embeddings(users_file: str | Path) -> dict[str, torch.Tensor]:
     return {str(u.id): torch.as_tensor(u.weights_vector(), dtype=torch.float32)[None] for u in load_users(users_file).users}
 
 
+def oracle_pair_embeddings(chunks: list, arrays: Any) -> dict[str, torch.Tensor]:
+    """cache key -> (1, W) pixel-oracle contrast of each chunk's own pairs (toy world; see pair_contrast)."""
+    import numpy as np
+
+    from pixpref.toyworld.users import pair_contrast
+
+    out = {}
+    for c in chunks:
+        pairs = arrays.pairs(c.indices)
+        chosen = np.stack([np.asarray(p[1]) for p in pairs])
+        rejected = np.stack([np.asarray(p[2]) for p in pairs])
+        vec = torch.as_tensor(pair_contrast(chosen, rejected), dtype=torch.float32)[None]
+        out[UserEmbeddingCache.key(c.user_id, c.chunk)] = vec.contiguous()
+    return out
+
+
 def cache_metadata(user_cfg: Any, arrays: Any, chunks: list) -> dict[str, str]:
     """What a cache was made from: the embedding source and a fingerprint of every chunk's pairs."""
     digest = hashlib.sha256()
     for c in chunks:
         pairs = [(int(arrays.index[r]), arrays.prompts[r]) for r in c.indices]
         digest.update(json.dumps([c.user_id, c.chunk, pairs]).encode())
-    source = user_cfg.users_file if user_cfg.source == "oracle" else user_cfg.vlm
+    source = {"oracle": user_cfg.users_file, "oracle_pairs": "pixel-oracle"}.get(user_cfg.source, user_cfg.vlm)
     return {"source": user_cfg.source, "vlm": str(source), "pooling": user_cfg.pooling,
             "generate_tokens": str(user_cfg.generate_tokens), "chunks": digest.hexdigest()}
 
@@ -49,18 +65,22 @@ def check_cache(cache: UserEmbeddingCache, user_cfg: Any, arrays: Any, chunks: l
 def build_user_cache(user_cfg: Any, arrays: Any, chunks: list, path: Path, accelerator: Any = None) -> UserEmbeddingCache:
     """Encode every few-shot chunk once and write the cache to ``path`` (atomically)."""
     meta = cache_metadata(user_cfg, arrays, chunks)
-    if user_cfg.source == "oracle":
+    if user_cfg.source in ("oracle", "oracle_pairs"):
         if accelerator is not None and not accelerator.is_main_process:
             return None
         from safetensors.torch import save_file
 
         from pixpref.io_utils import atomic_path
 
-        weights = oracle_embeddings(user_cfg.users_file)
-        missing = sorted({c.user_id for c in chunks} - set(weights))
-        if missing:
-            raise PixprefError(f"users {missing[:5]} have pairs but are not in {user_cfg.users_file}")
-        tensors = {UserEmbeddingCache.key(c.user_id, c.chunk): weights[c.user_id].clone().contiguous() for c in chunks}
+        if user_cfg.source == "oracle_pairs":
+            tensors = oracle_pair_embeddings(chunks, arrays)
+        else:
+            weights = oracle_embeddings(user_cfg.users_file)
+            missing = sorted({c.user_id for c in chunks} - set(weights))
+            if missing:
+                raise PixprefError(f"users {missing[:5]} have pairs but are not in {user_cfg.users_file}")
+            tensors = {UserEmbeddingCache.key(c.user_id, c.chunk): weights[c.user_id].clone().contiguous()
+                       for c in chunks}
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
         return UserEmbeddingCache(tensors, meta)
