@@ -53,6 +53,11 @@ def test_user_scale_zero_is_the_base_model_and_a_user_changes_images(user_files,
     assert np.array_equal(base, zero)
     assert not np.array_equal(base, pairs)
     assert np.array_equal(user, pairs)  # the profile and the pairs give the same embedding
+    # joint guidance also amplifies the user (guidance 2 on the toy model): images move further from base
+    assert _generate(tmp_path / "joint", "--user", str(emb), "--user-guidance", "joint") == 0
+    joint = _images(tmp_path / "joint")
+    dist = lambda a: np.abs(a.astype(np.int16) - base.astype(np.int16)).mean()  # noqa: E731
+    assert dist(joint) > dist(user) > 0
 
 
 def test_bad_user_inputs_exit_2(user_files, tmp_path, capsys):

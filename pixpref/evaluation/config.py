@@ -35,7 +35,7 @@ class EvalConfig:
     steps: int = 20  # sampler steps
     guidance: float = 2.0  # classifier-free guidance scale
     user_scale: float = 1.0  # personalization strength of the user branch (the adapters' scale)
-    user_guidance: str = "joint"  # "joint": guidance amplifies text and user; "text": text only
+    user_guidance: str = "text"  # "joint": guidance amplifies text and user; "text" (default): text only
     noise_seed: int = 1234  # seed of the initial noises (prompt i uses noise_seed + i)
     k: int = 4  # examples per user for the headline win rates
     few_shot_k: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # the few-shot curve's k values

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 
 from pixpref.errors import PixprefError
+from pixpref.personalize.names import USER_GUIDANCE_MODES
 
 SCHEDULER_NAMES = ("ddim", "ddpm", "euler", "dpm")  # keys of pixpref.models.diffusion.SCHEDULERS
 
@@ -99,7 +100,8 @@ def _personalized_images(pipe, args: argparse.Namespace, steps: int, guidance: f
 
         user = sampler.embed_user(read_user_pairs(args.user_pairs, image_size=pipe.unet.config.sample_size))
     images = sampler(args.prompt, user=user, user_scale=args.user_scale, num_images=args.num_images, seed=args.seed,
-                     num_inference_steps=steps, guidance_scale=guidance, output_type="np")
+                     num_inference_steps=steps, guidance_scale=guidance, output_type="np",
+                     user_guidance=args.user_guidance)
     return (np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
@@ -158,6 +160,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         settings = {"prompt": args.prompt, "model": str(args.model), "num_images": args.num_images,
                     "seed": args.seed, "user": args.user or args.user_pairs,
                     "user_scale": args.user_scale if user_given else None,
+                    "user_guidance": args.user_guidance if user_given else None,
                     "adapter": args.adapter if user_given else None,
                     "steps": steps, "guidance_scale": guidance, "scheduler": type(pipe.scheduler).__name__,
                     "images": paths}
@@ -188,6 +191,8 @@ def register(subparsers) -> None:
     p.add_argument("--user", default=None, help="a user embedding (USER.safetensors from `pixpref embed-user`)")
     p.add_argument("--user-pairs", default=None, help="a user's pairwise choices (JSONL folder format)")
     p.add_argument("--user-scale", type=float, default=1.0, help="personalization strength (0 = base model)")
+    p.add_argument("--user-guidance", default="text", choices=USER_GUIDANCE_MODES,
+                   help="text (default): guidance amplifies the prompt only; joint: the prompt and the user together")
     p.add_argument("--adapter", default="dpo", help="user adapter: dpo or inpo (shipped toy adapters) or a folder")
     p.add_argument("--overwrite", action="store_true", help="write into an existing --out folder")
     p.set_defaults(func=cmd_generate)

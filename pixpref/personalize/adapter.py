@@ -405,7 +405,7 @@ class UserAdapter(nn.Module):
         return {"user_tokens": user_tokens, "user_scale": scale, "user_mask": mask}
 
     def guided_kwargs(
-        self, user_tokens: torch.Tensor, do_cfg: bool, scale: float | None = None, user_guidance: str = "joint"
+        self, user_tokens: torch.Tensor, do_cfg: bool, scale: float | None = None, user_guidance: str = "text"
     ) -> dict[str, Any]:
         """``cross_attention_kwargs`` for a pipeline call: user tokens (B, T, C) for B images.
 

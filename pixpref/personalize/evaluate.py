@@ -32,7 +32,7 @@ def wilson(wins: float, n: int, z: float = 1.96) -> tuple[float, float]:
 @torch.no_grad()
 def generate(pipe: Any, adapter: Any, prompt: str, latents: torch.Tensor, users: torch.Tensor | None,
              scale: float = 1.0, steps: int = 20, guidance: float = 2.0,
-             user_guidance: str = "joint") -> np.ndarray:
+             user_guidance: str = "text") -> np.ndarray:
     """Images for ``prompt`` from fixed initial ``latents`` (n, C, H, W).
 
     users: (G, T, D) embeddings -> (G, n, H, W, 3) uint8, every user from the same n noises;
@@ -59,7 +59,7 @@ class EvalSetup:
     guidance: float = 2.0
     noise_seed: int = 1234
     user_scale: float = 1.0  # weight of the user branch
-    user_guidance: str = "joint"  # see pixpref.personalize.adapter.USER_GUIDANCE_MODES
+    user_guidance: str = "text"  # see pixpref.personalize.adapter.USER_GUIDANCE_MODES
 
     def latents(self, pipe: Any, prompt_index: int) -> torch.Tensor:
         size = pipe.unet.config.sample_size

@@ -125,7 +125,7 @@ class PersonalizedSampler:
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         output_type: str = "np",
-        user_guidance: str = "joint",
+        user_guidance: str = "text",
     ):
         """Images for ``prompt`` (same seeds with and without a user). Returns what the pipeline returns.
 
