@@ -40,6 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tie-margin", type=float, default=0.05, help="utility gap below which a pair is a tie")
     p.add_argument("--combos", choices=("seen", "held_out", "all"), default="seen",
                    help="shape-colour combinations the prompts use")
+    p.add_argument("--candidates", type=int, default=1,
+                   help="each pair is the most style-different of this many candidate pairs (1: two random images)")
     p.add_argument("--shard-rows", type=int, default=20000, help="rows per parquet file")
     p.add_argument("--source", choices=("render", "model"), default="render",
                    help="images from the renderer, or samples of a text-to-image model (PPD trains on those)")
@@ -96,7 +98,8 @@ def _make_pairs(args: argparse.Namespace) -> int:
         source, model_name = _model_source(args), f"{args.model}-samples"
     manifest = write_pairs(args.out, users, args.pairs_per_user, args.seed, image_size=args.size,
                            tie_margin=args.tie_margin, combos=args.combos, shard_rows=args.shard_rows,
-                           overwrite=args.overwrite, image_source=source, model_name=model_name)
+                           overwrite=args.overwrite, image_source=source, model_name=model_name,
+                           candidates=args.candidates)
     print(f"wrote {args.out}: {sum(manifest['files'].values())} pairs from {len(users)} users "
           f"in {len(manifest['files'])} file(s); ties {manifest['tie_rate']:.1%}")
     return 0

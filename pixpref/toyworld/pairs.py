@@ -75,15 +75,25 @@ def _check_images(images: Any, n: int, prompt: str) -> np.ndarray:
 def iter_user_rows(user: User, pairs_per_user: int, seed: int, *, image_size: int = 32,
                    tie_margin: float = 0.05, combos: str = "seen", image_source: ImageSource | None = None,
                    model_name: str | None = None, prompt_counts: Counter | None = None,
-                   first_ranking_id: int = 0) -> Iterator[dict[str, Any]]:
-    """Pick-a-Pic rows (dicts; images as uint8 arrays) for one user's ``pairs_per_user`` pairs."""
+                   first_ranking_id: int = 0, candidates: int = 1) -> Iterator[dict[str, Any]]:
+    """Pick-a-Pic rows (dicts; images as uint8 arrays) for one user's ``pairs_per_user`` pairs.
+
+    ``candidates`` > 1: each pair is the most different (in the oracle's style basis, standardised) of
+    that many candidate pairs of the prompt, so a choice says more about the user; 1 = two random images.
+    """
     from pixpref.toyworld.oracle import measure
 
+    if candidates < 1:
+        raise PixprefError(f"candidates must be >= 1, got {candidates}")
     prompts = plan_prompts(user, pairs_per_user, seed, combos)
     source = image_source or _render_source(image_size)
     model = model_name or (RENDER_MODEL if image_source is None else getattr(image_source, "__name__", "model"))
     rng = np.random.default_rng([seed, user.id, 1])
-    images = np.stack([_check_images(source(p, 2, rng), 2, p) for p in prompts])  # (M, 2, H, W, 3)
+    if candidates == 1:
+        images = np.stack([_check_images(source(p, 2, rng), 2, p) for p in prompts])  # (M, 2, H, W, 3)
+    else:
+        images = np.stack([_most_different_pair(_check_images(source(p, 2 * candidates, rng), 2 * candidates, p))
+                           for p in prompts])
     m, _, h, w, _ = images.shape
     util = user.utility(measure(images.reshape(m * 2, h, w, 3))).reshape(m, 2)
     labels = user.choose(util[:, 0], util[:, 1], rng, tie_margin)
@@ -97,6 +107,19 @@ def iter_user_rows(user: User, pairs_per_user: int, seed: int, *, image_size: in
             "image_0_url": f"toyworld://u{user.id}/r{rid}/0", "image_1_url": f"toyworld://u{user.id}/r{rid}/1",
             "num_example_per_prompt": int(prompt_counts[prompt]) if prompt_counts else 1,
         }
+
+
+def _most_different_pair(images: np.ndarray) -> np.ndarray:
+    """(2N, H, W, 3) images -> the (2, H, W, 3) pair among N disjoint candidate pairs that differs most in
+    the users' standardised style basis."""
+    from pixpref.toyworld.oracle import measure
+    from pixpref.toyworld.users import basis
+
+    b = basis(measure(images))
+    b = (b - b.mean(0)) / (b.std(0) + 1e-6)
+    gaps = np.linalg.norm(b[0::2] - b[1::2], axis=1)  # (N,)
+    i = int(np.argmax(gaps))
+    return images[2 * i: 2 * i + 2]
 
 
 def _check_replaceable(out: Path) -> None:
@@ -113,7 +136,7 @@ def _check_replaceable(out: Path) -> None:
 def write_pairs(out_dir: str | Path, users: Sequence[User], pairs_per_user: int, seed: int, *,
                 image_size: int = 32, tie_margin: float = 0.05, combos: str = "seen",
                 shard_rows: int = 20000, image_source: ImageSource | None = None,
-                model_name: str | None = None, overwrite: bool = False,
+                model_name: str | None = None, overwrite: bool = False, candidates: int = 1,
                 progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Write the users' pairs to ``out_dir`` (see the module docstring); returns the manifest.
 
@@ -127,6 +150,8 @@ def write_pairs(out_dir: str | Path, users: Sequence[User], pairs_per_user: int,
         raise PixprefError(f"shard_rows must be >= 1, got {shard_rows}")
     if tie_margin < 0:
         raise PixprefError(f"tie_margin must be >= 0, got {tie_margin}")
+    if candidates < 1:
+        raise PixprefError(f"candidates must be >= 1, got {candidates}")
     content_combos(combos)  # validates the name
     out = Path(out_dir)
     if out.exists():
@@ -150,6 +175,7 @@ def write_pairs(out_dir: str | Path, users: Sequence[User], pairs_per_user: int,
                 for user in group:
                     for row in iter_user_rows(user, pairs_per_user, seed, image_size=image_size,
                                               tie_margin=tie_margin, combos=combos, image_source=image_source,
+                                              candidates=candidates,
                                               model_name=model_name, prompt_counts=counts,
                                               first_ranking_id=next_id):
                         if writer is None:
@@ -177,7 +203,7 @@ def write_pairs(out_dir: str | Path, users: Sequence[User], pairs_per_user: int,
         stats["rows"] = next_id
         manifest = {
             "seed": seed, "users": len(users), "pairs_per_user": pairs_per_user, "image_size": image_size,
-            "tie_margin": tie_margin, "combos": combos, "shard_rows": shard_rows,
+            "tie_margin": tie_margin, "combos": combos, "shard_rows": shard_rows, "candidates": candidates,
             "image_source": model_name or (RENDER_MODEL if image_source is None else "custom"),
             "tie_rate": stats["ties"] / max(1, next_id), "label_0_win_rate": stats["label_0_wins"] / max(1, next_id),
             "files": stats["files"],
