@@ -185,3 +185,20 @@ def test_pair_contrast_points_at_what_the_choices_share():
     assert d @ big.weights_vector() > 0 > d @ small.weights_vector()
     with pytest.raises(PixprefError, match="pair_contrast"):
         pair_contrast(chosen, rejected[:2])
+
+
+def test_candidate_pairs_differ_more_in_style_than_random_pairs():
+    from pixpref.toyworld.users import User, Term, basis
+
+    user = User(0, (Term("size", "linear", 2.0),))
+
+    def gap(candidates):
+        rows = list(iter_user_rows(user, 30, seed=3, candidates=candidates))
+        a = basis(measure(np.stack([r["jpg_0"] for r in rows])))
+        b = basis(measure(np.stack([r["jpg_1"] for r in rows])))
+        sd = np.concatenate([a, b]).std(0) + 1e-6
+        return float(np.linalg.norm((a - b) / sd, axis=1).mean())
+
+    assert gap(4) > 1.08 * gap(1)  # measured 6.77 vs 5.97 (seeded); equal if candidates were ignored
+    with pytest.raises(PixprefError, match="candidates must be >= 1"):
+        next(iter_user_rows(user, 2, seed=0, candidates=0))
