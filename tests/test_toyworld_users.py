@@ -188,7 +188,7 @@ def test_pair_contrast_points_at_what_the_choices_share():
 
 
 def test_candidate_pairs_differ_more_in_style_than_random_pairs():
-    from pixpref.toyworld.users import User, Term, basis
+    from pixpref.toyworld.users import Term, User, basis
 
     user = User(0, (Term("size", "linear", 2.0),))
 
