@@ -46,18 +46,10 @@ class UserEmbeddings:
         if spec.get("source", "vlm") == "oracle":
             return torch.stack([torch.as_tensor(u.weights_vector(), dtype=torch.float32)[None] for u in self.users])
         if spec.get("source") == "oracle_pairs":  # the pixel oracle's reading of the same k examples
-            import numpy as np
+            from pixpref.toyworld.users import examples_contrast
 
-            from pixpref.data.images import load_rgb
-            from pixpref.toyworld.users import pair_contrast
-
-            rows = []
-            for u in self.users:
-                ex = self.examples[k][str(u.id)]
-                chosen = np.stack([load_rgb(c, where="example") for _, c, _ in ex])
-                rejected = np.stack([load_rgb(r, where="example") for _, _, r in ex])
-                rows.append(torch.as_tensor(pair_contrast(chosen, rejected), dtype=torch.float32)[None])
-            return torch.stack(rows)
+            return torch.stack([torch.as_tensor(examples_contrast(self.examples[k][str(u.id)]), dtype=torch.float32)[None]
+                                for u in self.users])
         key = (spec["vlm"], spec["pooling"], int(spec.get("generate_tokens", 0)), k)
         if key not in self._cache:
             from pixpref.personalize.user_encoder import UserEncoder, UserEncoderConfig

@@ -59,7 +59,7 @@ class EvalSetup:
     guidance: float = 2.0
     noise_seed: int = 1234
     user_scale: float = 1.0  # weight of the user branch
-    user_guidance: str = "text"  # see pixpref.personalize.adapter.USER_GUIDANCE_MODES
+    user_guidance: str = "text"  # see pixpref.personalize.names.USER_GUIDANCE_MODES
 
     def latents(self, pipe: Any, prompt_index: int) -> torch.Tensor:
         size = pipe.unet.config.sample_size

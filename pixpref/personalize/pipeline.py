@@ -130,7 +130,7 @@ class PersonalizedSampler:
         """Images for ``prompt`` (same seeds with and without a user). Returns what the pipeline returns.
 
         ``user_guidance``: "joint" (classifier-free guidance amplifies the user too) or "text"; see
-        :data:`pixpref.personalize.adapter.USER_GUIDANCE_MODES`.
+        :data:`pixpref.personalize.names.USER_GUIDANCE_MODES`.
         """
         from pixpref.models.diffusion import default_settings
 

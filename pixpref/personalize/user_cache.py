@@ -25,18 +25,11 @@ def oracle_embeddings(users_file: str | Path) -> dict[str, torch.Tensor]:
 
 def oracle_pair_embeddings(chunks: list, arrays: Any) -> dict[str, torch.Tensor]:
     """cache key -> (1, W) pixel-oracle contrast of each chunk's own pairs (toy world; see pair_contrast)."""
-    import numpy as np
+    from pixpref.toyworld.users import examples_contrast
 
-    from pixpref.toyworld.users import pair_contrast
-
-    out = {}
-    for c in chunks:
-        pairs = arrays.pairs(c.indices)
-        chosen = np.stack([np.asarray(p[1]) for p in pairs])
-        rejected = np.stack([np.asarray(p[2]) for p in pairs])
-        vec = torch.as_tensor(pair_contrast(chosen, rejected), dtype=torch.float32)[None]
-        out[UserEmbeddingCache.key(c.user_id, c.chunk)] = vec.contiguous()
-    return out
+    return {UserEmbeddingCache.key(c.user_id, c.chunk):
+            torch.as_tensor(examples_contrast(arrays.pairs(c.indices)), dtype=torch.float32)[None].contiguous()
+            for c in chunks}
 
 
 def cache_metadata(user_cfg: Any, arrays: Any, chunks: list) -> dict[str, str]:

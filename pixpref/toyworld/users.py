@@ -101,6 +101,15 @@ def pair_contrast(chosen: np.ndarray, rejected: np.ndarray) -> np.ndarray:
     return (basis(measure(c)) - basis(measure(r))).mean(0)
 
 
+def examples_contrast(examples: Sequence) -> np.ndarray:
+    """:func:`pair_contrast` of (prompt, chosen, rejected) examples; images as anything ``load_rgb`` reads."""
+    from pixpref.data.images import load_rgb
+
+    chosen = np.stack([load_rgb(c, where="chosen example") for _, c, _ in examples])
+    rejected = np.stack([load_rgb(r, where="rejected example") for _, _, r in examples])
+    return pair_contrast(chosen, rejected)
+
+
 def _features(x: Mapping[str, np.ndarray] | np.ndarray) -> Mapping[str, np.ndarray]:
     if isinstance(x, Mapping):
         missing = [f for f in USER_FEATURES if f not in x]
