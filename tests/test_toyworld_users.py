@@ -35,9 +35,9 @@ def _images(rng, n=40):
 
 
 def test_population_is_reproducible_sparse_and_split():
-    a, b = sample_population(60, seed=3), sample_population(60, seed=3)
+    a, b = sample_population(60, seed=3, population="mixed"), sample_population(60, seed=3, population="mixed")
     assert [u.to_dict() for u in a] == [u.to_dict() for u in b]
-    assert [u.to_dict() for u in a] != [u.to_dict() for u in sample_population(60, seed=4)]
+    assert [u.to_dict() for u in a] != [u.to_dict() for u in sample_population(60, seed=4, population="mixed")]
     assert [u.id for u in a] == list(range(60))
     assert all(1 <= len(u.terms) <= 3 for u in a if u.archetype is None)
     kinds = {t.kind for u in a for t in u.terms}
@@ -47,6 +47,25 @@ def test_population_is_reproducible_sparse_and_split():
     train, unseen = split_users(a)
     assert len(unseen) == 12 and len(train) == 48
     assert not {u.id for u in train} & {u.id for u in unseen}
+    assert all(0.15 <= u.temperature <= 0.5 for u in a)
+
+
+def test_clusters_population_is_all_archetypes_with_sharper_choices():
+    users = sample_population(70, seed=3)  # the default population
+    assert all(u.archetype in ARCHETYPES for u in users)
+    assert {u.archetype for u in users} == set(ARCHETYPES)  # every cluster present
+    assert all(0.05 <= u.temperature <= 0.2 for u in users)
+    # jittered: members of one cluster share features but not exact weights
+    bold = [u for u in users if u.archetype == "bold"]
+    assert len({tuple(t.feature for t in u.terms) for u in bold}) == 1
+    assert len({u.terms[0].weight for u in bold}) == len(bold)
+
+
+def test_population_names_and_ranges_are_checked():
+    with pytest.raises(PixprefError, match="unknown population 'blobs'.*clusters.*mixed"):
+        sample_population(10, population="blobs")
+    with pytest.raises(PixprefError, match="temperature_range"):
+        sample_population(10, temperature_range=(0.0, 0.1))
 
 
 def test_utility_from_images_equals_basis_times_weights():

@@ -110,6 +110,8 @@ class PretrainConfig:
     sample_steps: int = 25  # DDIM steps for samples.png
     save_dtype: Literal["float16", "float32"] = "float16"
     threads: int = 1  # torch CPU threads; 0 = torch's default. One thread is fastest on a busy 2-core machine
+    # continue from a saved toy base pipeline folder (its weights; ``model`` must describe the same architecture)
+    init_from: str | None = None
     model: ModelArch = field(default_factory=ModelArch)
 
     def __post_init__(self):
@@ -272,6 +274,20 @@ def save_pipeline(pipe, params_ema, out_dir: Path, dtype_name: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _load_weights(pipe, folder: str) -> None:
+    """Copy the UNet and text-encoder weights of the pipeline folder ``folder`` into ``pipe`` (fp32)."""
+    from pixpref.models.diffusion import load_pipeline
+
+    saved = load_pipeline(folder)
+    for name in ("unet", "text_encoder"):
+        mine, theirs = getattr(pipe, name), getattr(saved, name)
+        try:
+            mine.load_state_dict({k: v.float() for k, v in theirs.state_dict().items()}, strict=True)
+        except RuntimeError as e:
+            raise PixprefError(f"init_from {folder}: its {name} does not match this config's model "
+                               f"architecture ({str(e).splitlines()[0]})") from None
+
+
 def sample_grid(pipe, prompts: list[str], n_per_prompt: int, guidance_scale: float, seed: int, steps: int = 25):
     """Sample ``n_per_prompt`` images per prompt -> PIL grid (one row per prompt)."""
     import torch
@@ -305,6 +321,8 @@ def run(out_dir: Path, cfg: PretrainConfig) -> dict:
 
     # models: both trained, fp32
     pipe = build_pipeline(cfg)
+    if cfg.init_from:
+        _load_weights(pipe, cfg.init_from)
     unet, text_encoder, tokenizer = pipe.unet, pipe.text_encoder, pipe.tokenizer
     unet.train()
     text_encoder.train()
@@ -376,6 +394,7 @@ def run(out_dir: Path, cfg: PretrainConfig) -> dict:
         "wall_s": round(elapsed, 1),
         "steps_per_s": round(cfg.steps / elapsed, 3),
         "params": n_params,
+        "init_from": cfg.init_from,
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(f"[base] done: {json.dumps(metrics)}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from pixpref.toyworld.scene import COLOURS, SHAPES
+from pixpref.toyworld.users import DEFAULT_POPULATION, POPULATIONS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,7 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=32, help="image side in pixels")
     p.add_argument("--unseen-fraction", type=float, default=0.2, help="share of users held out as unseen")
-    p.add_argument("--archetype-share", type=float, default=0.25, help="share of users from named archetypes")
+    p.add_argument("--population", choices=tuple(POPULATIONS), default=DEFAULT_POPULATION,
+                   help="kind of user population (see pixpref.toyworld.users.POPULATIONS)")
+    p.add_argument("--archetype-share", type=float, default=None,
+                   help="share of users from named archetypes (default: the population's)")
     p.add_argument("--tie-margin", type=float, default=0.05, help="utility gap below which a pair is a tie")
     p.add_argument("--combos", choices=("seen", "held_out", "all"), default="seen",
                    help="shape-colour combinations the prompts use")
@@ -91,15 +95,15 @@ def _make_pairs(args: argparse.Namespace) -> int:
 
     _positive("users", args.users)
     _positive("pairs-per-user", args.pairs_per_user)
-    users = sample_population(args.users, args.seed, archetype_share=args.archetype_share,
-                              unseen_fraction=args.unseen_fraction)
+    users = sample_population(args.users, args.seed, population=args.population,
+                              archetype_share=args.archetype_share, unseen_fraction=args.unseen_fraction)
     source, model_name = None, None
     if args.source == "model":
         source, model_name = _model_source(args), f"{args.model}-samples"
     manifest = write_pairs(args.out, users, args.pairs_per_user, args.seed, image_size=args.size,
                            tie_margin=args.tie_margin, combos=args.combos, shard_rows=args.shard_rows,
                            overwrite=args.overwrite, image_source=source, model_name=model_name,
-                           candidates=args.candidates)
+                           candidates=args.candidates, population=args.population)
     print(f"wrote {args.out}: {sum(manifest['files'].values())} pairs from {len(users)} users "
           f"in {len(manifest['files'])} file(s); ties {manifest['tie_rate']:.1%}")
     return 0

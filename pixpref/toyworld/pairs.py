@@ -137,7 +137,7 @@ def write_pairs(out_dir: str | Path, users: Sequence[User], pairs_per_user: int,
                 image_size: int = 32, tie_margin: float = 0.05, combos: str = "seen",
                 shard_rows: int = 20000, image_source: ImageSource | None = None,
                 model_name: str | None = None, overwrite: bool = False, candidates: int = 1,
-                progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+                population: str | None = None, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Write the users' pairs to ``out_dir`` (see the module docstring); returns the manifest.
 
     The folder appears complete or not at all: it is built under a temporary name and renamed.
@@ -206,9 +206,9 @@ def write_pairs(out_dir: str | Path, users: Sequence[User], pairs_per_user: int,
             "tie_margin": tie_margin, "combos": combos, "shard_rows": shard_rows, "candidates": candidates,
             "image_source": model_name or (RENDER_MODEL if image_source is None else "custom"),
             "tie_rate": stats["ties"] / max(1, next_id), "label_0_win_rate": stats["label_0_wins"] / max(1, next_id),
-            "files": stats["files"],
+            "files": stats["files"], "population": population,
         }
-        save_users(users, tmp / "users.json", meta={"seed": seed})
+        save_users(users, tmp / "users.json", meta={"seed": seed, "population": population})
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         if out.exists():  # overwrite: swap the old folder out only once the new one is complete
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))

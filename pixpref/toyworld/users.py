@@ -245,18 +245,42 @@ def _jitter(terms: Sequence[Term], rng: np.random.Generator) -> tuple[Term, ...]
     return tuple(out)
 
 
-def sample_population(n: int, seed: int = 0, archetype_share: float = 0.25, unseen_fraction: float = 0.2,
-                      temperature_range: tuple[float, float] = (0.15, 0.5)) -> list[User]:
-    """``n`` users with ids 0..n-1, reproducible from ``seed``.
+# named populations (``sample_population(population=...)``, ``make-pairs --population``):
+#   clusters  every user a jittered copy of one of ARCHETYPES, Bradley-Terry temperature 0.05-0.2: tastes
+#             come in recognisable clusters, as real users' do, so a few choices can identify a user. On 4000
+#             pairs of the toy model's samples, inferring a new user from 4 pairs (Bayes posterior over the
+#             training users) predicts their held-out choices at 0.85 (k = 1 / 2 / 8: 0.68 / 0.74 / 0.91).
+#   mixed     a quarter archetypes, the rest 1-3 random terms, temperature 0.15-0.5: a continuum of tastes
+#             that 4 noisy pairs cannot pin down (the same inference reaches 0.64; the true weights 0.83).
+POPULATIONS: dict[str, dict] = {
+    "clusters": {"archetype_share": 1.0, "temperature_range": (0.05, 0.2)},
+    "mixed": {"archetype_share": 0.25, "temperature_range": (0.15, 0.5)},
+}
+DEFAULT_POPULATION = "clusters"
 
-    A share ``archetype_share`` are jittered copies of :data:`ARCHETYPES` (cycled, so small populations
-    get several); the rest have 1-3 random linear or ideal-point terms. A deterministic
+
+def sample_population(n: int, seed: int = 0, population: str = DEFAULT_POPULATION,
+                      archetype_share: float | None = None, unseen_fraction: float = 0.2,
+                      temperature_range: tuple[float, float] | None = None) -> list[User]:
+    """``n`` users with ids 0..n-1, reproducible from ``seed`` and the named ``population``.
+
+    A share ``archetype_share`` (default: the population's) are jittered copies of :data:`ARCHETYPES`
+    (cycled, so small populations get several); the rest have 1-3 random linear or ideal-point terms.
+    Temperatures are uniform in ``temperature_range`` (default: the population's). A deterministic
     ``unseen_fraction`` (at least one user when n >= 2) is marked ``split="unseen"``: held out from training.
     """
+    if population not in POPULATIONS:
+        raise unknown_name("population", population, POPULATIONS)
+    spec = POPULATIONS[population]
+    archetype_share = spec["archetype_share"] if archetype_share is None else archetype_share
+    temperature_range = spec["temperature_range"] if temperature_range is None else temperature_range
     if n < 1:
         raise PixprefError(f"need at least one user, got {n}")
     if not 0.0 <= archetype_share <= 1.0 or not 0.0 <= unseen_fraction < 1.0:
         raise PixprefError("archetype_share must be in [0, 1] and unseen_fraction in [0, 1)")
+    lo, hi = temperature_range
+    if not 0.0 < lo <= hi:
+        raise PixprefError(f"temperature_range must satisfy 0 < low <= high, got {temperature_range}")
     rng = np.random.default_rng(seed)
     names = list(ARCHETYPES)
     n_arch = round(n * archetype_share)
@@ -265,7 +289,7 @@ def sample_population(n: int, seed: int = 0, archetype_share: float = 0.25, unse
     unseen_ids = set(rng.permutation(n)[:n_unseen].tolist())
     users, k = [], 0
     for i in range(n):
-        temp = float(rng.uniform(*temperature_range))
+        temp = float(rng.uniform(lo, hi))
         if i in arch_ids:
             name = names[k % len(names)]
             k += 1
