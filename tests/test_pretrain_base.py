@@ -91,6 +91,20 @@ def test_pretraining_is_reproducible(two_runs):
         assert (a / sub).read_bytes() == (b / sub).read_bytes(), sub
 
 
+def test_init_from_continues_from_a_saved_folder(two_runs, tmp_path):
+    _, _, a, _ = two_runs
+    # lr ~ 0: the continued run starts from, and so stays at, folder a's (fp16) weights, not a fresh init
+    base.run(tmp_path / "c", tiny_cfg(f"init_from={a}", "steps=2", "lr=1e-12", "save_every=0"))
+    before, after = load_pipeline(a), load_pipeline(tmp_path / "c" / "base")
+    for name in ("unet", "text_encoder"):
+        mine = dict(getattr(after, name).named_parameters())
+        for n, p in getattr(before, name).named_parameters():
+            torch.testing.assert_close(mine[n].float(), p.float(), atol=2e-3, rtol=0), (name, n)
+    assert json.loads((tmp_path / "c" / "base" / "metrics.json").read_text())["init_from"] == str(a)
+    with pytest.raises(PixprefError, match="does not match this config's model architecture"):
+        base.run(tmp_path / "d", tiny_cfg(f"init_from={a}", "model.block_out_channels=[16, 16]"))
+
+
 def test_pretrain_cli_only_base_and_errors(tmp_path, capsys):
     sets = [x for item in TINY + ["steps=2"] for x in ("--set", f"base.{item}")]
     assert main(["pretrain", "toy", "--out", str(tmp_path), "--only", "base", *sets]) == 0
