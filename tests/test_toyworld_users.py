@@ -221,3 +221,31 @@ def test_candidate_pairs_differ_more_in_style_than_random_pairs():
     assert gap(4) > 1.08 * gap(1)  # measured 6.77 vs 5.97 (seeded); equal if candidates were ignored
     with pytest.raises(PixprefError, match="candidates must be >= 1"):
         next(iter_user_rows(user, 2, seed=0, candidates=0))
+
+
+def _identifiability_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "user_identifiability.py"
+    spec = importlib.util.spec_from_file_location("user_identifiability", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("population", ["clusters", "mixed"])
+def test_few_pairs_identify_a_clustered_user_better(tmp_path, population, capsys):
+    """The design claim behind the default population: 4 pairs of a 'clusters' user, read through the
+    training population, predict their other choices far better than 4 pairs of a 'mixed' user."""
+    users = sample_population(100, seed=0, population=population)
+    write_pairs(tmp_path / "d", users, pairs_per_user=24, seed=0)
+    script = _identifiability_script()
+    assert script.main(["--data", str(tmp_path / "d"), "--k", "4", "--json", str(tmp_path / "r.json")]) == 0
+    r = json.loads((tmp_path / "r.json").read_text())["by_k"]["4"]
+    assert r["users"] == 20
+    assert r["true_weights"] >= r["posterior"] - 0.02  # nothing beats knowing the weights
+    if population == "clusters":
+        assert r["posterior"] >= 0.75 and r["true_weights"] >= 0.85
+    else:
+        assert r["posterior"] <= 0.72
