@@ -50,7 +50,7 @@ def ceilings(unseen: dict[str, np.ndarray], weights: dict[str, np.ndarray], trai
             continue
         ctx, test = d[:k], d[k:]
 
-        def hit(w):
+        def hit(w, test=test):
             return float(np.mean(test @ w > 0))
 
         acc["true_weights"].append(hit(weights[uid]))
