@@ -24,8 +24,7 @@ import numpy as np
 
 def pair_information(data: Path, ks: list[int]) -> dict[int, float]:
     from pixpref.data.pickapic import iter_pickapic
-    from pixpref.toyworld import oracle
-    from pixpref.toyworld.users import basis, load_users
+    from pixpref.toyworld.users import load_users, pair_contrast
 
     users = {str(u.id): u for u in load_users(data / "users.json").users}
     by_user = collections.defaultdict(list)
@@ -39,7 +38,7 @@ def pair_information(data: Path, ks: list[int]) -> dict[int, float]:
             sel = pairs[:k]
             chosen = np.stack([p.chosen_rgb() for p in sel])
             rejected = np.stack([p.rejected_rgb() for p in sel])
-            d = (basis(oracle.measure(chosen)) - basis(oracle.measure(rejected))).mean(0)
+            d = pair_contrast(chosen, rejected)
             w = users[uid].weights_vector()
             cos.append(float(d @ w / (np.linalg.norm(d) * np.linalg.norm(w) + 1e-9)))
         out[k] = float(np.mean(cos))

@@ -27,19 +27,14 @@ import numpy as np
 def pair_differences(data: Path, pattern: str) -> dict[str, np.ndarray]:
     """user id -> (n, W) basis(chosen) - basis(rejected), ties dropped, in file order."""
     from pixpref.data.pickapic import iter_pickapic
-    from pixpref.toyworld import oracle
-    from pixpref.toyworld.users import basis
+    from pixpref.toyworld.users import pair_differences as differences
 
     by_user = collections.defaultdict(list)
     for f in sorted(data.glob(pattern)):
         for p in iter_pickapic(f, tie_policy="drop"):
             by_user[p.user_id].append(p)
-    out = {}
-    for uid, pairs in by_user.items():
-        chosen = basis(oracle.measure(np.stack([p.chosen_rgb() for p in pairs])))
-        rejected = basis(oracle.measure(np.stack([p.rejected_rgb() for p in pairs])))
-        out[uid] = chosen - rejected
-    return out
+    return {uid: differences(np.stack([p.chosen_rgb() for p in pairs]), np.stack([p.rejected_rgb() for p in pairs]))
+            for uid, pairs in by_user.items()}
 
 
 def ceilings(unseen: dict[str, np.ndarray], weights: dict[str, np.ndarray], train_w: np.ndarray,

@@ -85,20 +85,25 @@ def basis(features: Mapping[str, np.ndarray]) -> np.ndarray:
     return np.stack(cols, axis=-1)
 
 
+def pair_differences(chosen: np.ndarray, rejected: np.ndarray) -> np.ndarray:
+    """basis(chosen) - basis(rejected) per pair, ``(k, W)``; ``chosen`` / ``rejected``: ``(k, H, W, 3)`` uint8."""
+    from pixpref.toyworld.oracle import measure
+
+    c, r = np.asarray(chosen), np.asarray(rejected)
+    if c.shape != r.shape or c.ndim != 4 or c.shape[0] == 0:
+        raise PixprefError(f"pair_differences / pair_contrast need two (k>=1, H, W, 3) image stacks of one shape, got "
+                           f"{c.shape} and {r.shape}")
+    return basis(measure(c)) - basis(measure(r))
+
+
 def pair_contrast(chosen: np.ndarray, rejected: np.ndarray) -> np.ndarray:
-    """What k pairwise choices say in the utility basis: mean of basis(chosen) - basis(rejected), ``(W,)``.
+    """What k pairwise choices say in the utility basis: the mean of :func:`pair_differences`, ``(W,)``.
 
     ``chosen`` / ``rejected``: ``(k, H, W, 3)`` uint8 images. For a linear-in-basis utility ``w``, the
     expected contrast points at ``w`` (scaled by how much the pairs vary), so this is the pixel oracle's
     perfect reading of a user's few examples: an upper bound for encoders that only see the examples.
     """
-    from pixpref.toyworld.oracle import measure
-
-    c, r = np.asarray(chosen), np.asarray(rejected)
-    if c.shape != r.shape or c.ndim != 4 or c.shape[0] == 0:
-        raise PixprefError(f"pair_contrast needs two (k>=1, H, W, 3) image stacks of one shape, got "
-                           f"{c.shape} and {r.shape}")
-    return (basis(measure(c)) - basis(measure(r))).mean(0)
+    return pair_differences(chosen, rejected).mean(0)
 
 
 def examples_contrast(examples: Sequence) -> np.ndarray:
