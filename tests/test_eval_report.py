@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -24,9 +25,20 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     log = root / "train_log.jsonl"
     log.write_text("\n".join(json.dumps({"step": 10 * i, "wall": 2.0 * i, "loss": 0.7 - 0.01 * i,
                                          "implicit_acc": 0.5 + 0.02 * i}) for i in range(1, 7)) + "\n")
+    # a training run's kept checkpoints: the shipped InPO adapter at step 10, the shipped DPO one at 20,
+    # and an incomplete checkpoint_30 (no step.json) that must be skipped
+    ckrun = root / "ckrun"
+    for step, name in ((10, "inpo"), (20, "dpo"), (30, "dpo")):
+        shutil.copytree(ROOT / "pixpref" / "pretrained" / "toy" / f"adapter_{name}",
+                        ckrun / "checkpoints" / f"checkpoint_{step}" / "user_adapter")
+        if step < 30:
+            (ckrun / "checkpoints" / f"checkpoint_{step}" / "step.json").write_text(json.dumps({"step": step}))
+    shutil.copy(log, ckrun / "train_log.jsonl")
     out = root / "report"
     rc = main(["eval", "--config", str(TINY), "--set", f"data={data}", "--set", f"train_logs.dpo={log}",
-               "--set", f"train_logs.inpo={root / 'missing.jsonl'}", "--out", str(out)])
+               "--set", f"train_logs.inpo={root / 'missing.jsonl'}", "--set", f"checkpoint_runs.run={ckrun}",
+               "--set", f"checkpoint_users={USERS}", "--set", f"checkpoint_images_per_prompt={IMAGES}",
+               "--out", str(out)])
     assert rc == 0
     return {"root": root, "data": data, "out": out, "report": json.loads((out / "report.json").read_text())}
 
@@ -67,6 +79,37 @@ def test_report_json_keys_and_ranges(run):
     assert any("missing.jsonl" in note for note in report["notes"])  # a missing log is skipped with a note
 
 
+def test_checkpoint_curve_judges_each_kept_checkpoint(run):
+    cc = run["report"]["checkpoint_curves"]
+    curve = cc["curves"]["run"]
+    assert curve["step"] == [10, 20]  # the incomplete checkpoint_30 is skipped
+    assert curve["wall"] == [2.0, 4.0]  # from the run's train_log.jsonl
+    # same users, prompts and noises as the headline: each checkpoint's verdict equals its adapter's
+    adapters = run["report"]["adapters"]
+    assert curve["win_rate"] == [adapters["inpo"]["oracle"]["win_rate"], adapters["dpo"]["oracle"]["win_rate"]]
+    assert cc["comparisons"] == USERS * PROMPTS * IMAGES
+    target = cc["target"]["runs"]["run"]
+    assert target["best_win_rate"] == max(curve["win_rate"]) and target["last_step"] == 20
+    md = (run["out"] / "report.md").read_text()
+    assert "## Win rate vs training step" in md and f"| run | 20 | 4 | {curve['win_rate'][1]:.3f} |" in md
+
+
+def test_steps_to_target_and_ratios():
+    from pixpref.evaluation.checkpoints import steps_to_target, target_summary, wall_at
+
+    assert steps_to_target([100, 200, 300], [0.55, 0.62, 0.70], 0.6) == 200
+    assert steps_to_target([100, 200], [0.5, 0.59], 0.6) is None
+    log = {"step": [10.0, 20.0, 40.0], "wall": [5.0, 10.0, 30.0]}
+    assert wall_at(log, 30) == 20.0 and wall_at(log, 5) == 2.5 and wall_at(log, 80) == 60.0 and wall_at({}, 3) is None
+    curves = {"dpo": {"step": [100, 200, 300], "win_rate": [0.55, 0.62, 0.7], "wall": [50.0, 100.0, 150.0]},
+              "inpo": {"step": [50, 100], "win_rate": [0.61, 0.65], "wall": [200.0, 400.0]},
+              "sft": {"step": [100], "win_rate": [0.5], "wall": None}}
+    t = target_summary(curves, 0.6)
+    assert t["reference"] == "dpo" and t["runs"]["dpo"]["steps"] == 200 and t["runs"]["inpo"]["steps"] == 50
+    assert t["ratios"]["inpo/dpo"] == {"steps": 0.25, "wall": 2.0}
+    assert t["ratios"]["sft/dpo"] == {"steps": None, "wall": None} and t["runs"]["sft"]["steps"] is None
+
+
 def test_report_md_has_the_numbers(run):
     md = (run["out"] / "report.md").read_text()
     report = run["report"]
@@ -83,7 +126,7 @@ def test_report_md_has_the_numbers(run):
 
 def test_figures_are_valid_pngs(run):
     report, out = run["report"], run["out"]
-    assert set(report["figures"]) == {"few_shot", "interpolation", "training", "dimensions"}
+    assert set(report["figures"]) == {"few_shot", "interpolation", "training", "checkpoints", "dimensions"}
     assert len(report["grids"]) == 2
     for name in [*report["figures"].values(), *report["grids"].values()]:
         with Image.open(out / name) as im:

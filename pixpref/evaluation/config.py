@@ -44,12 +44,18 @@ class EvalConfig:
     alphas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     grid_users: int = 4  # users with a base-vs-personalized image grid
     train_logs: dict[str, str] = field(default_factory=dict)  # name -> train_log.jsonl of train/train_ppd.py
+    # win rate vs step: name -> a train/train_ppd.py output_dir whose checkpoints/ are each judged (oracle)
+    checkpoint_runs: dict[str, str] = field(default_factory=dict)
+    checkpoint_users: int = 10  # unseen users judging each checkpoint (the first ones)
+    checkpoint_images_per_prompt: int = 2  # noises per prompt for each checkpoint
+    win_rate_target: float = 0.6  # steps (and wall-clock) each checkpoint run needs to reach this win rate
     device: str = "cpu"
     out: str = ""  # output folder (the CLI's --out wins)
 
     def __post_init__(self) -> None:
         positive = {"users": self.users, "images_per_prompt": self.images_per_prompt, "steps": self.steps,
-                    "k": self.k}
+                    "k": self.k, "checkpoint_users": self.checkpoint_users,
+                    "checkpoint_images_per_prompt": self.checkpoint_images_per_prompt}
         for name, value in positive.items():
             if value < 1:
                 raise PixprefError(f"{name} must be >= 1, got {value}")
@@ -76,7 +82,10 @@ class EvalConfig:
                 raise PixprefError(f"prompts: {prompt!r}: {e}") from None
         if not self.adapters:
             raise PixprefError("adapters is empty; name at least one, e.g. {dpo: dpo}")
-        for section, mapping in (("adapters", self.adapters), ("train_logs", self.train_logs)):
+        if not 0.0 < self.win_rate_target < 1.0:
+            raise PixprefError(f"win_rate_target must be in (0, 1), got {self.win_rate_target}")
+        for section, mapping in (("adapters", self.adapters), ("train_logs", self.train_logs),
+                                 ("checkpoint_runs", self.checkpoint_runs)):
             for name, value in mapping.items():
                 if not isinstance(value, str) or not value:
                     raise PixprefError(f"{section}.{name}: expected a name or path, got {value!r}")

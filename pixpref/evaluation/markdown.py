@@ -111,6 +111,31 @@ def _training(report: dict[str, Any]) -> list[str]:
             *table(header, rows)]
 
 
+def _checkpoints(report: dict[str, Any]) -> list[str]:
+    cc = report.get("checkpoint_curves")
+    if not cc:
+        return []
+    lines = ["## Win rate vs training step (kept checkpoints)", "",
+             f"Oracle win rate over base of every kept checkpoint, on the first {cc['users']} unseen users "
+             f"({cc['comparisons']} comparisons per checkpoint); wall-clock from each run's train_log.jsonl.", ""]
+    rows = []
+    for name, curve in cc["curves"].items():
+        walls = curve["wall"] or [None] * len(curve["step"])
+        for step, rate, interval, wall in zip(curve["step"], curve["win_rate"], curve["ci95"], walls):
+            rows.append([name, step, "-" if wall is None else f"{wall:.0f}", f3(rate),
+                         f"[{interval[0]:.3f}, {interval[1]:.3f}]"])
+    lines += table(["run", "step", "wall s", "win rate", "95% CI"], rows)
+    t = cc["target"]
+    rows = [[name, r["steps"] if r["steps"] is not None else f"not reached by step {r['last_step']}",
+             "-" if r["wall_seconds"] is None else f"{r['wall_seconds']:.0f}", f3(r["best_win_rate"])]
+            for name, r in t["runs"].items()]
+    lines += [f"Steps to reach win rate {t['target']:.2f} (the first checkpoint at or above it):", "",
+              *table(["run", "steps", "wall s", "best win rate"], rows)]
+    for pair, ratio in t["ratios"].items():
+        lines.append(f"Ratio {pair}: steps {f3(ratio['steps'])}, wall-clock {f3(ratio['wall'])}  ")
+    return lines + [""]
+
+
 def _users(report: dict[str, Any]) -> list[str]:
     names = list(report["adapters"])
     has_scorer = any("scorer_personal_win_rate" in u for u in report["users"])
@@ -142,7 +167,7 @@ def _figures(report: dict[str, Any]) -> list[str]:
 def render_markdown(report: dict[str, Any]) -> str:
     """The whole report.md."""
     lines = [*_setup(report), *_headline(report), *_dimensions(report), *_few_shot(report),
-             *_interpolation(report), *_training(report), *_users(report), *_figures(report)]
+             *_interpolation(report), *_training(report), *_checkpoints(report), *_users(report), *_figures(report)]
     if report["notes"]:
         lines += ["## Notes", "", *(f"- {n}" for n in report["notes"]), ""]
     return "\n".join(lines)

@@ -119,6 +119,31 @@ def plot_training(report: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def plot_checkpoints(report: dict[str, Any], path: Path) -> bool:
+    """Oracle win rate of each kept checkpoint against step and wall-clock, with 95% CIs and the target."""
+    cc = report.get("checkpoint_curves")
+    if not cc or not cc["curves"]:
+        return False
+    plt = _pyplot()
+    axes_x = ["step"] + (["wall"] if all(c["wall"] for c in cc["curves"].values()) else [])
+    fig, axes = plt.subplots(1, len(axes_x), figsize=(5.5 * len(axes_x), 4), squeeze=False)
+    for c, x in enumerate(axes_x):
+        ax = axes[0][c]
+        for name, curve in cc["curves"].items():
+            results = [{"win_rate": w, "ci95": ci} for w, ci in zip(curve["win_rate"], curve["ci95"])]
+            ax.errorbar(curve[x], curve["win_rate"], yerr=_errors(results), marker="o", capsize=3, label=name)
+        ax.axhline(cc["target"]["target"], color="C3", lw=1, ls=":", label=f"target {cc['target']['target']:.2f}")
+        ax.axhline(0.5, color="grey", lw=1, ls="--")
+        ax.set_xlabel("training step" if x == "step" else "training wall-clock seconds")
+        ax.set_ylabel("oracle win rate over base (95% CI)")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Win rate of kept checkpoints ({cc['users']} unseen users, {cc['comparisons']} comparisons each)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return True
+
+
 def plot_dimensions(report: dict[str, Any], path: Path) -> bool:
     """Per adapter: win rate over base on each judge (oracle, scorer dimensions) and mean score change."""
     import numpy as np
@@ -162,7 +187,7 @@ def plot_dimensions(report: dict[str, Any], path: Path) -> bool:
 
 
 FIGURES = {"few_shot": plot_few_shot, "interpolation": plot_interpolation, "training": plot_training,
-           "dimensions": plot_dimensions}
+           "checkpoints": plot_checkpoints, "dimensions": plot_dimensions}
 
 
 def write_figures(report: dict[str, Any], folder: str | Path) -> dict[str, str]:

@@ -83,10 +83,53 @@ def _without_per_user(result: dict) -> dict:
     return {k: v for k, v in result.items() if k != "per_user"}
 
 
+def _checkpoint_curves(config: EvalConfig, runs: dict[str, list], pipe: Any, users: list[Any],
+                       embeddings: UserEmbeddings, log: Callable[[str], None]) -> dict[str, Any]:
+    """Oracle win rate of every kept checkpoint of each run -> curves, and steps / wall-clock to the target."""
+    from pixpref.evaluation.checkpoints import target_summary, wall_at
+    from pixpref.evaluation.train_logs import read_train_log
+    from pixpref.personalize.adapter import UserAdapter
+    from pixpref.personalize.embeddings import read_user_encoder_spec
+    from pixpref.personalize.evaluate import EvalSetup, base_images, personalized_images, win_rate
+
+    judged = users[: config.checkpoint_users]
+    setup = EvalSetup(prompts=list(config.prompts), seeds=config.checkpoint_images_per_prompt, steps=config.steps,
+                      guidance=config.guidance, noise_seed=config.noise_seed, user_scale=config.user_scale,
+                      user_guidance=config.user_guidance)
+    base = base_images(pipe, setup)
+    curves: dict[str, dict[str, Any]] = {}
+    for name, checkpoints in runs.items():
+        run_dir = Path(config.checkpoint_runs[name])
+        log_path = run_dir / "train_log.jsonl"
+        train_curves = read_train_log(log_path) if log_path.is_file() else {}
+        curve: dict[str, Any] = {"run": str(run_dir), "step": [], "win_rate": [], "ci95": [], "wall": []}
+        for step, folder in checkpoints:
+            apipe = _adapter_pipeline(config, folder, pipe)
+            adapter = UserAdapter.from_pretrained(folder, apipe.unet).float().to(apipe.unet.device).eval()
+            adapter.requires_grad_(False)
+            adapter.install(apipe.unet)
+            try:
+                emb = embeddings.get(read_user_encoder_spec(folder), config.k)[: len(judged)]
+                result = win_rate(judged, personalized_images(apipe, adapter, setup, emb), base, setup.prompts)
+            finally:
+                adapter.remove(apipe.unet)
+            curve["step"].append(step)
+            curve["win_rate"].append(result.win_rate)
+            curve["ci95"].append(list(result.ci))
+            curve["wall"].append(wall_at(train_curves, step))
+            log(f"  checkpoint {name} step {step}: oracle win rate {result.win_rate:.3f}")
+        if any(w is None for w in curve["wall"]):
+            curve["wall"] = None
+        curves[name] = curve
+    return {"users": len(judged), "images_per_prompt": setup.seeds, "comparisons": len(judged) * len(setup.prompts) * setup.seeds,
+            "curves": curves, "target": target_summary(curves, config.win_rate_target)}
+
+
 def measure(config: EvalConfig, log: Callable[[str], None] = _log) -> tuple[dict[str, Any], dict[str, Any]]:
     """Every measurement -> (report dict, image grids {user id: (rows, P*n, H, W, 3) uint8})."""
     import numpy as np
 
+    from pixpref.evaluation.checkpoints import checkpoint_adapters
     from pixpref.evaluation.examples import few_shot_examples, unseen_pairs, unseen_users
     from pixpref.evaluation.judges import judge
     from pixpref.evaluation.train_logs import load_train_logs
@@ -110,6 +153,7 @@ def measure(config: EvalConfig, log: Callable[[str], None] = _log) -> tuple[dict
     primary = config.primary_adapter
     primary_is_vlm = specs[primary].get("source", "vlm") in ("vlm", "oracle_pairs")  # reads the k examples
     train_logs, notes = load_train_logs(config.train_logs)  # read early: a bad log fails fast
+    checkpoint_runs = {name: checkpoint_adapters(run) for name, run in config.checkpoint_runs.items()}
     users = unseen_users(data, config.users)
     setup = EvalSetup(prompts=list(config.prompts), seeds=config.images_per_prompt, steps=config.steps,
                       guidance=config.guidance, noise_seed=config.noise_seed, user_scale=config.user_scale,
@@ -190,7 +234,14 @@ def measure(config: EvalConfig, log: Callable[[str], None] = _log) -> tuple[dict
     if not primary_is_vlm:
         notes.append(f"primary adapter {primary!r} reads oracle weights, not examples: no few-shot curve")
 
-    # 5. per-user table
+    # 5. win rate vs step (and wall-clock) of each checkpoint run, on the first checkpoint_users users
+    checkpoint_curves = None
+    if checkpoint_runs:
+        start = time.time()
+        checkpoint_curves = _checkpoint_curves(config, checkpoint_runs, pipe, users, embeddings, log)
+        lap("checkpoint curves", start)
+
+    # 6. per-user table
     user_rows = []
     for u in users:
         row = {"id": u.id, "archetype": u.archetype, "description": u.describe(),
@@ -211,6 +262,7 @@ def measure(config: EvalConfig, log: Callable[[str], None] = _log) -> tuple[dict
         "few_shot": {"adapter": primary, "points": few_shot},
         "interpolation": {"adapter": primary, "k": config.k, "curves": curves},
         "training": train_logs,
+        "checkpoint_curves": checkpoint_curves,
         "users": user_rows,
         "notes": notes,
         "timings": timings,
