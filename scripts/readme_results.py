@@ -70,6 +70,19 @@ def report_section(report: dict, figures: str) -> list[str]:
         rows = [[name, log["summary"]["last_step"], f"{log['summary'].get('wall_seconds', 0):.0f}",
                  f3(log["summary"].get("final_implicit_acc"))] for name, log in report["training"].items()]
         lines += table(["training run", "steps", "wall s", "final implicit acc"], rows)
+    cc = report.get("checkpoint_curves")
+    if cc:
+        t = cc["target"]
+        rows = [[name, ", ".join(f"{st}: {w:.3f}" for st, w in zip(c["step"], c["win_rate"])),
+                 t["runs"][name]["steps"] if t["runs"][name]["steps"] is not None else "not reached",
+                 "-" if t["runs"][name]["wall_seconds"] is None else f"{t['runs'][name]['wall_seconds']:.0f}"]
+                for name, c in cc["curves"].items()]
+        lines += [f"Win rate of kept checkpoints ({cc['users']} unseen users, {cc['comparisons']} comparisons "
+                  f"each; oracle judge) and steps to reach {t['target']:.2f}:", "",
+                  *table(["run", "step: win rate", "steps to target", "wall s to target"], rows)]
+        for pair, ratio in t["ratios"].items():
+            lines += [f"Ratio {pair} to reach {t['target']:.2f}: steps {f3(ratio['steps'])}, "
+                      f"wall-clock {f3(ratio['wall'])}.", ""]
     if report.get("figures"):
         lines += [" ".join(f"![{name}]({figures}/{file})" for name, file in report["figures"].items()), ""]
     for note in report.get("notes", []):

@@ -94,6 +94,19 @@ def test_checkpoint_curve_judges_each_kept_checkpoint(run):
     assert "## Win rate vs training step" in md and f"| run | 20 | 4 | {curve['win_rate'][1]:.3f} |" in md
 
 
+def test_checkpoint_selection_and_errors(run):
+    from pixpref.errors import PixprefError
+    from pixpref.evaluation.checkpoints import checkpoint_adapters
+
+    ckrun = run["root"] / "ckrun"
+    assert [s for s, _ in checkpoint_adapters(ckrun)] == [10, 20]
+    assert [s for s, _ in checkpoint_adapters(ckrun, [20, 30])] == [20]  # 30 is incomplete
+    with pytest.raises(PixprefError, match="no complete checkpoint at steps"):
+        checkpoint_adapters(ckrun, [30])
+    with pytest.raises(PixprefError, match="no checkpoints/ folder"):
+        checkpoint_adapters(run["root"])
+
+
 def test_steps_to_target_and_ratios():
     from pixpref.evaluation.checkpoints import steps_to_target, target_summary, wall_at
 

@@ -4,7 +4,7 @@
     steps_to_target([100, 200, 300], [0.55, 0.62, 0.70], 0.6)   # -> 200
 
 ``train/train_ppd.py`` writes ``checkpoints/checkpoint_<step>/user_adapter`` (with ``step.json`` once the
-checkpoint is complete); keep them all with ``--set train.checkpoints_total_limit=0``. The wall-clock of a
+checkpoint is complete); keep them all with ``--set train.checkpoints_total_limit=100``. The wall-clock of a
 step comes from the run's ``train_log.jsonl``.
 """
 
@@ -16,8 +16,9 @@ from typing import Any
 from pixpref.errors import PixprefError
 
 
-def checkpoint_adapters(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """(step, adapter folder) of every complete checkpoint of a training run, by step."""
+def checkpoint_adapters(run_dir: str | Path, steps: list[int] | None = None) -> list[tuple[int, Path]]:
+    """(step, adapter folder) of every complete checkpoint of a training run, by step (only ``steps`` if given;
+    steps the run did not keep are skipped)."""
     run_dir = Path(run_dir)
     root = run_dir / "checkpoints"
     if not root.is_dir():
@@ -27,9 +28,12 @@ def checkpoint_adapters(run_dir: str | Path) -> list[tuple[int, Path]]:
         step = folder.name.split("_")[-1]
         adapter = folder / "user_adapter"
         if step.isdigit() and (folder / "step.json").is_file() and (adapter / "adapter_config.json").is_file():
-            found.append((int(step), adapter))
+            if steps is None or int(step) in steps:
+                found.append((int(step), adapter))
     if not found:
-        raise PixprefError(f"{root} holds no complete checkpoint (checkpoint_<step>/step.json and user_adapter/)")
+        wanted = "" if steps is None else f" at steps {sorted(steps)}"
+        raise PixprefError(f"{root} holds no complete checkpoint{wanted} (checkpoint_<step>/step.json and "
+                           "user_adapter/)")
     return sorted(found)
 
 

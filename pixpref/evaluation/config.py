@@ -46,6 +46,7 @@ class EvalConfig:
     train_logs: dict[str, str] = field(default_factory=dict)  # name -> train_log.jsonl of train/train_ppd.py
     # win rate vs step: name -> a train/train_ppd.py output_dir whose checkpoints/ are each judged (oracle)
     checkpoint_runs: dict[str, str] = field(default_factory=dict)
+    checkpoint_steps: list[int] = field(default_factory=list)  # judge only these steps (empty: every kept one)
     checkpoint_users: int = 10  # unseen users judging each checkpoint (the first ones)
     checkpoint_images_per_prompt: int = 2  # noises per prompt for each checkpoint
     win_rate_target: float = 0.6  # steps (and wall-clock) each checkpoint run needs to reach this win rate
