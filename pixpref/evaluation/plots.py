@@ -20,6 +20,16 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: Path, title: str | None = None) -> bool:
+    """Title (if any), tight layout, write the PNG, free the figure."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return True
+
+
 def _errors(results: list[dict]) -> list[list[float]]:
     """[[below...], [above...]] distances from each win rate to its 95% CI bounds (for errorbar)."""
     return [[r["win_rate"] - r["ci95"][0] for r in results], [r["ci95"][1] - r["win_rate"] for r in results]]
@@ -47,10 +57,7 @@ def plot_few_shot(report: dict[str, Any], path: Path) -> bool:
     ax.set_ylabel("win rate over base (95% CI)")
     ax.set_title(f"Few-shot curve ({report['few_shot']['adapter']}, {report['setup']['users']} unseen users)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 def plot_interpolation(report: dict[str, Any], path: Path) -> bool:
@@ -70,11 +77,7 @@ def plot_interpolation(report: dict[str, Any], path: Path) -> bool:
         ax.set_ylabel("mean oracle utility")
         ax.set_title(f"user {c['user_a']} -> user {c['user_b']}")
         ax.legend(fontsize=8)
-    fig.suptitle(f"Interpolating user embeddings ({report['interpolation']['adapter']})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path, f"Interpolating user embeddings ({report['interpolation']['adapter']})")
 
 
 SMOOTH = 5  # log lines in the running mean of the training curves
@@ -112,11 +115,7 @@ def plot_training(report: dict[str, Any], path: Path) -> bool:
             if metric == "implicit_acc":
                 ax.axhline(0.5, color="grey", lw=1, ls="--")
             ax.legend(fontsize=8)
-    fig.suptitle("Training curves")
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path, "Training curves")
 
 
 def plot_checkpoints(report: dict[str, Any], path: Path) -> bool:
@@ -137,11 +136,8 @@ def plot_checkpoints(report: dict[str, Any], path: Path) -> bool:
         ax.set_xlabel("training step" if x == "step" else "training wall-clock seconds")
         ax.set_ylabel("oracle win rate over base (95% CI)")
         ax.legend(fontsize=8)
-    fig.suptitle(f"Win rate of kept checkpoints ({cc['users']} unseen users, {cc['comparisons']} comparisons each)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return True
+    title = f"Win rate of kept checkpoints ({cc['users']} unseen users, {cc['comparisons']} comparisons each)"
+    return _save(plt, fig, path, title)
 
 
 def plot_dimensions(report: dict[str, Any], path: Path) -> bool:
@@ -180,10 +176,7 @@ def plot_dimensions(report: dict[str, Any], path: Path) -> bool:
         ax.set_ylabel("mean score change vs base (95% CI)")
         ax.set_title("Scorer: per-dimension change")
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path)
 
 
 FIGURES = {"few_shot": plot_few_shot, "interpolation": plot_interpolation, "training": plot_training,
