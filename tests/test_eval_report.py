@@ -179,3 +179,20 @@ def test_paired_win_rate_and_agreement():
     assert r["ci95"][0] < r["win_rate"] < r["ci95"][1] and r["mean_delta"] == 0.25
     agree = agreement(a - b, np.array([0.3, 0.0, 0.2, 0.1]))  # same side in 3 of 4 (the tie counts)
     assert agree["rate"] == 0.75 and agree["n"] == 4
+
+
+def test_readme_results_section_from_the_report(run):
+    """scripts/readme_results.py turns report.json into the README's Results section, numbers included."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "readme_results.py"), str(run["out"] / "report.json")],
+                         capture_output=True, text=True, check=True).stdout
+    report = run["report"]
+    assert out.startswith("## Results")
+    for name, res in report["adapters"].items():
+        low, high = res["oracle"]["ci95"]
+        assert f"| {name} | {res['oracle']['win_rate']:.3f} [{low:.3f}, {high:.3f}] |" in out
+    curve = report["checkpoint_curves"]["curves"]["run"]
+    assert f"10: {curve['win_rate'][0]:.3f}, 20: {curve['win_rate'][1]:.3f}" in out
+    assert "steps to target" in out
