@@ -5,6 +5,8 @@
 Prints, for the same UNet, adapter and batch: SFT step over B images, DPO step over B pairs (policy
 forward+backward on 2B, reference forward on 2B: compute limit about 2.7x SFT), InPO step (DPO plus 10
 DDIM-inversion forwards on 2B), personalized vs base sampling, and the peak resident memory of each.
+With ``--report runs/eval_toy/report.json`` (a ``pixpref eval`` report with ``checkpoint_runs``) it also
+prints the steps and wall-clock each training run needed to reach the report's target win rate, as ratios.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--report", default=None, help="pixpref eval report.json with checkpoint curves (steps to target)")
     args = ap.parse_args(argv)
 
     import torch
@@ -104,14 +107,34 @@ def main(argv=None) -> int:
         "inpo_step / dpo_step": rows["inpo"][0] / rows["dpo"][0],
         "personal_sampling / base_sampling": rows["sample_personal"][0] / rows["sample_base"][0],
     }
+    if args.report:
+        ratios.update(target_ratios(args.report))
     for k, v in ratios.items():
-        print(f"{k:<36} {v:6.2f}")
+        print(f"{k:<36} {v:6.2f}" if v is not None else f"{k:<36}    n/a (a run never reached the target)")
     print("(peak RSS is the process high-water mark so far, so it only grows down the table)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"info": info, "rows": {k: {"seconds": t, "peak_rss_mb": m} for k, (t, m) in rows.items()},
                        "ratios": ratios}, f, indent=1)
     return 0
+
+
+def target_ratios(path: str) -> dict[str, float | None]:
+    """Steps / wall-clock ratios to the target win rate, from a report's checkpoint curves."""
+    with open(path) as f:
+        cc = json.load(f).get("checkpoint_curves")
+    if not cc:
+        print(f"{path} has no checkpoint curves (run pixpref eval with checkpoint_runs); no steps-to-target ratio")
+        return {}
+    t = cc["target"]
+    for name, r in t["runs"].items():
+        print(f"{name}: reaches win rate {t['target']:.2f} at step {r['steps']} ({r['wall_seconds']} s); "
+              f"best {r['best_win_rate']:.3f} by step {r['last_step']}")
+    out = {}
+    for pair, ratio in t["ratios"].items():
+        out[f"{pair} steps to {t['target']:.2f}"] = ratio["steps"]
+        out[f"{pair} wall to {t['target']:.2f}"] = ratio["wall"]
+    return out
 
 
 if __name__ == "__main__":

@@ -99,7 +99,7 @@ def bench_section(path: Path) -> list[str]:
         metrics = list(dict.fromkeys(m for r in rows.values() for m in r))
         lines += table(["row", *metrics], [[name, *(number(r.get(m)) for m in metrics)] for name, r in rows.items()])
     for name, value in (data.get("ratios") or {}).items():
-        lines.append(f"- {name}: {value:.2f}")
+        lines.append(f"- {name}: {value:.2f}" if value is not None else f"- {name}: n/a (target not reached)")
     return lines + [""]
 
 
