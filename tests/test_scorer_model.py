@@ -241,3 +241,30 @@ def test_shipped_configs_load(name):
     if name == "vit_h_14":  # resolves without building the 1B-parameter model
         cfg, _ = resolve_backbone(config.backbone)
         assert cfg["embed_dim"] % config.cross_heads == 0 and cfg["vision_cfg"]["patch_size"] == 14
+
+
+def test_utility_personal_head_adds_a_user_taste_term(clip_json, batch):
+    """personal_head="utility": attention score + w_u . phi(image) / sqrt(D); other dimensions unchanged."""
+    pixels, ids, user = batch
+    att = make_model(clip_json, seed=3)
+    uti = make_model(clip_json, seed=3, personal_head="utility")
+    torch.manual_seed(4)
+    for p in uti.image_features[-1].parameters():  # leave zero init, so the term is not trivially zero
+        torch.nn.init.normal_(p, std=0.5)
+    with torch.no_grad():
+        a, u = att(pixels, ids, user=user), uti(pixels, ids, user=user)
+        taste = uti.user_taste(uti.user_proj(uti.user_norm(user)).mean(1))
+        phi = uti.image_features(uti.clip.encode_image(pixels))
+        expected = a["personal"] + (taste * phi).sum(-1) / math.sqrt(uti.width)
+    torch.testing.assert_close(u["personal"], expected)
+    assert not torch.allclose(u["personal"], a["personal"], atol=1e-3)
+    for dim in ("aesthetics", "alignment", "detail", "overall"):
+        torch.testing.assert_close(u[dim], a[dim])
+    # with zero_init the utility term starts at zero: an untrained scorer is still the CLIP score
+    z_att = make_model(clip_json, zero_init=True)
+    z_uti = make_model(clip_json, zero_init=True, personal_head="utility")
+    with torch.no_grad():
+        torch.testing.assert_close(z_uti(pixels, ids, ["personal"], user=user)["personal"],
+                                   z_att(pixels, ids, ["personal"], user=user)["personal"])
+    with pytest.raises(PixprefError, match="unknown personal_head 'bilinear'.*attention.*utility"):
+        ScorerConfig(backbone=clip_json, user_dim=16, personal_head="bilinear")
