@@ -37,6 +37,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = root / "report"
     rc = main(["eval", "--config", str(TINY), "--set", f"data={data}", "--set", f"train_logs.dpo={log}",
                "--set", f"train_logs.inpo={root / 'missing.jsonl'}", "--set", f"checkpoint_runs.run={ckrun}",
+               "--set", f"checkpoint_runs.gone={root / 'no_such_run'}",
                "--set", f"checkpoint_users={USERS}", "--set", f"checkpoint_images_per_prompt={IMAGES}",
                "--out", str(out)])
     assert rc == 0
@@ -77,6 +78,7 @@ def test_report_json_keys_and_ranges(run):
     assert len(report["users"]) == USERS and all(u["description"].startswith("user ") for u in report["users"])
     assert set(report["training"]) == {"dpo"} and report["training"]["dpo"]["summary"]["last_step"] == 60
     assert any("missing.jsonl" in note for note in report["notes"])  # a missing log is skipped with a note
+    assert any("'gone' not found" in note for note in report["notes"])  # so is a missing checkpoint run
 
 
 def test_checkpoint_curve_judges_each_kept_checkpoint(run):

@@ -153,8 +153,13 @@ def measure(config: EvalConfig, log: Callable[[str], None] = _log) -> tuple[dict
     primary = config.primary_adapter
     primary_is_vlm = specs[primary].get("source", "vlm") in ("vlm", "oracle_pairs")  # reads the k examples
     train_logs, notes = load_train_logs(config.train_logs)  # read early: a bad log fails fast
-    checkpoint_runs = {name: checkpoint_adapters(run, config.checkpoint_steps or None)
-                       for name, run in config.checkpoint_runs.items()}
+    checkpoint_runs = {}
+    for name, run in config.checkpoint_runs.items():
+        if not Path(run).exists():  # like a missing training log: the curve is skipped, the report says so
+            notes.append(f"checkpoint run {name!r} not found at {run}; its win rate vs step curve is skipped "
+                         "(train it with train/train_ppd.py --set train.output_dir=" + str(run) + ")")
+            continue
+        checkpoint_runs[name] = checkpoint_adapters(run, config.checkpoint_steps or None)
     users = unseen_users(data, config.users)
     setup = EvalSetup(prompts=list(config.prompts), seeds=config.images_per_prompt, steps=config.steps,
                       guidance=config.guidance, noise_seed=config.noise_seed, user_scale=config.user_scale,
