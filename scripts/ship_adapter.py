@@ -39,6 +39,9 @@ def main(argv=None) -> int:
         shutil.copy(src / f, dst / f)
     state = load_file(str(src / WEIGHTS))
     save_file({k: v.half().contiguous() for k, v in state.items()}, str(dst / WEIGHTS))
+    log = src.parent / "train_log.jsonl"  # the run's training log ships too: the report's training curves
+    if log.is_file():
+        shutil.copy(log, dst / "train_log.jsonl")
     print(f"wrote {dst} ({(dst / WEIGHTS).stat().st_size / 1e3:.0f} kB, {len(state)} tensors, fp16)")
     return 0
 

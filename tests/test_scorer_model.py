@@ -243,28 +243,31 @@ def test_shipped_configs_load(name):
         assert cfg["embed_dim"] % config.cross_heads == 0 and cfg["vision_cfg"]["patch_size"] == 14
 
 
-def test_utility_personal_head_adds_a_user_taste_term(clip_json, batch):
-    """personal_head="utility": attention score + w_u . phi(image) / sqrt(D); other dimensions unchanged."""
+def test_utility_dimensions_add_a_taste_term(clip_json, batch):
+    """utility_dimensions: attention score + w . phi(image) / sqrt(D), w from the condition's mean token."""
     pixels, ids, user = batch
     att = make_model(clip_json, seed=3)
-    uti = make_model(clip_json, seed=3, personal_head="utility")
+    uti = make_model(clip_json, seed=3, utility_dimensions=["personal", "detail"])
     torch.manual_seed(4)
     for p in uti.image_features[-1].parameters():  # leave zero init, so the term is not trivially zero
         torch.nn.init.normal_(p, std=0.5)
     with torch.no_grad():
         a, u = att(pixels, ids, user=user), uti(pixels, ids, user=user)
-        taste = uti.user_taste(uti.user_proj(uti.user_norm(user)).mean(1))
         phi = uti.image_features(uti.clip.encode_image(pixels))
-        expected = a["personal"] + (taste * phi).sum(-1) / math.sqrt(uti.width)
-    torch.testing.assert_close(u["personal"], expected)
+        w_user = uti.user_taste(uti.user_proj(uti.user_norm(user)).mean(1))
+        cond, valid = uti.condition_tokens("detail", 3, None)
+        w_detail = uti.condition_taste(cond[valid].view(3, -1, cond.shape[-1]).mean(1))
+        torch.testing.assert_close(u["personal"], a["personal"] + (w_user * phi).sum(-1) / math.sqrt(uti.width))
+        torch.testing.assert_close(u["detail"], a["detail"] + (w_detail * phi).sum(-1) / math.sqrt(uti.width))
     assert not torch.allclose(u["personal"], a["personal"], atol=1e-3)
-    for dim in ("aesthetics", "alignment", "detail", "overall"):
+    for dim in ("aesthetics", "alignment", "overall"):  # no utility term: unchanged
         torch.testing.assert_close(u[dim], a[dim])
-    # with zero_init the utility term starts at zero: an untrained scorer is still the CLIP score
+    # with zero_init the utility terms start at zero: an untrained scorer is still the CLIP score
     z_att = make_model(clip_json, zero_init=True)
-    z_uti = make_model(clip_json, zero_init=True, personal_head="utility")
+    z_uti = make_model(clip_json, zero_init=True, utility_dimensions=list(ALL_DIMENSIONS))
     with torch.no_grad():
-        torch.testing.assert_close(z_uti(pixels, ids, ["personal"], user=user)["personal"],
-                                   z_att(pixels, ids, ["personal"], user=user)["personal"])
-    with pytest.raises(PixprefError, match="unknown personal_head 'bilinear'.*attention.*utility"):
-        ScorerConfig(backbone=clip_json, user_dim=16, personal_head="bilinear")
+        za, zu = z_att(pixels, ids, user=user), z_uti(pixels, ids, user=user)
+    for dim in ALL_DIMENSIONS:
+        torch.testing.assert_close(zu[dim], za[dim])
+    with pytest.raises(PixprefError, match="unknown utility dimension 'beauty'.*aesthetics.*personal"):
+        ScorerConfig(backbone=clip_json, user_dim=16, utility_dimensions=["beauty"])

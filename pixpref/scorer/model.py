@@ -12,8 +12,8 @@ In the spirit of MPS (Zhang et al., CVPR 2024):
 4. a small stack of cross-attention blocks lets the image tokens attend to the kept prompt tokens (plus the
    condition tokens when ``condition_in_context``; always for ``personal``);
 5. score = exp(logit_scale) * cos(first output token, pooled prompt embedding); with
-   ``personal_head: utility`` the personal score adds a Bradley-Terry utility term w_u . phi(image) / sqrt(D),
-   w_u a linear map of the mean projected user token and phi an MLP of the pooled image embedding.
+   ``utility_dimensions`` a dimension's score adds a Bradley-Terry utility term w . phi(image) / sqrt(D), w a
+   linear map of its mean condition token (user token for ``personal``), phi an MLP of the pooled image embedding.
 
 With ``zero_init`` the residual branches of the head start at zero, so an untrained scorer gives exactly
 the CLIP score for every dimension; training makes the dimensions diverge.
@@ -48,7 +48,6 @@ from pixpref.scorer.conditions import (
 DEFAULT_MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip OPENAI_DATASET_MEAN
 DEFAULT_STD = (0.26862954, 0.26130258, 0.27577711)  # open_clip OPENAI_DATASET_STD
 MAX_LOGIT_SCALE = 100.0
-PERSONAL_HEADS = ("attention", "utility")
 
 
 @dataclass
@@ -88,15 +87,16 @@ class ScorerConfig:
     #: with a frozen backbone, train the last N transformer blocks of each tower (and their final norms and
     #: projections)
     unfreeze_last_blocks: int = 0
-    #: how ``personal`` reads the user: "attention" (the user tokens join the head's attention context, like
-    #: a condition) or "utility" (that, plus a Bradley-Terry utility term: the pooled, projected user tokens
-    #: dotted with an MLP of the image embedding, i.e. a per-user linear taste over learned image features)
-    personal_head: Literal["attention", "utility"] = "attention"
+    #: dimensions whose score adds a Bradley-Terry utility term w . phi(image) / sqrt(D): phi an MLP of the
+    #: pooled image embedding (shared), w a linear map of the condition's mean token (the projected user
+    #: tokens for ``personal``), i.e. a per-condition / per-user linear taste over learned image features
+    utility_dimensions: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.dimensions = check_dimensions(self.dimensions, ALL_DIMENSIONS)
-        if self.personal_head not in PERSONAL_HEADS:
-            raise unknown_name("personal_head", self.personal_head, PERSONAL_HEADS)
+        for name in self.utility_dimensions:
+            if name not in self.dimensions:
+                raise unknown_name("utility dimension", name, self.dimensions)
         for name, words in self.conditions.items():
             if name not in TEXT_DIMENSIONS:
                 raise unknown_name("condition dimension", name, TEXT_DIMENSIONS)
@@ -293,13 +293,16 @@ class ScorerModel(nn.Module):
         if PERSONAL in config.dimensions:
             self.user_norm = nn.LayerNorm(config.user_dim)
             self.user_proj = nn.Linear(config.user_dim, width)
-            if config.personal_head == "utility":
-                self.user_taste = nn.Linear(width, width)  # pooled user tokens -> taste vector w_u
-                self.image_features = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU(),
-                                                    nn.Linear(width, width))  # image embedding -> features
-                if config.zero_init:  # the utility term starts at zero
-                    nn.init.zeros_(self.image_features[-1].weight)
-                    nn.init.zeros_(self.image_features[-1].bias)
+        if config.utility_dimensions:
+            self.image_features = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU(),
+                                                nn.Linear(width, width))  # image embedding -> phi
+            if config.zero_init:  # the utility terms start at zero
+                nn.init.zeros_(self.image_features[-1].weight)
+                nn.init.zeros_(self.image_features[-1].bias)
+            if PERSONAL in config.utility_dimensions:
+                self.user_taste = nn.Linear(width, width)  # mean projected user token -> w_u
+            if set(config.utility_dimensions) - {PERSONAL}:
+                self.condition_taste = nn.Linear(width, width)  # mean condition-word token -> w_d
 
         # condition texts -> token ids (not saved: rebuilt from the config)
         self._separator_ids = set(tokenizer(",")[0].tolist()) - {
@@ -497,10 +500,13 @@ class ScorerModel(nn.Module):
         text = F.normalize(feats["pooled"].float(), dim=-1)  # (B, D)
         scale = self.logit_scale.float().exp().clamp(max=MAX_LOGIT_SCALE)
         score = scale * (image * text).sum(dim=-1)
-        if dimension == PERSONAL and self.config.personal_head == "utility":
-            taste = self.user_taste(cond.mean(dim=1)).float()  # (B, D): w_u from the projected user tokens
-            feats_img = self.image_features(feats["image"][:, 0]).float()  # (B, D): phi(image)
-            score = score + (taste * feats_img).sum(dim=-1) / self.width**0.5
+        if dimension in self.config.utility_dimensions:
+            weights = cond_valid.to(cond.dtype)[..., None]  # (B, C, 1)
+            pooled_cond = (cond * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # (B, D)
+            taste_layer = self.user_taste if dimension == PERSONAL else self.condition_taste
+            taste = taste_layer(pooled_cond).float()  # (B, D): w
+            phi = self.image_features(feats["image"][:, 0]).float()  # (B, D): phi(image)
+            score = score + (taste * phi).sum(dim=-1) / self.width**0.5
         return score
 
     def forward(
