@@ -2,6 +2,7 @@
 
     python scripts/ship_adapter.py runs/ppd_dpo/adapter dpo     # -> pixpref/pretrained/toy/adapter_dpo
     python scripts/ship_adapter.py runs/ppd_inpo/adapter inpo
+    python scripts/ship_adapter.py runs/ppd_dpo_2000/checkpoints/checkpoint_1200/user_adapter dpo   # a kept checkpoint
 
 Recipe of the shipped adapters (2026-11-23), after the shipped base model:
     pixpref toyworld make-pairs --users 200 --pairs-per-user 40 --seed 0 --source model --model toy \
@@ -13,6 +14,7 @@ Recipe of the shipped adapters (2026-11-23), after the shipped base model:
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -39,9 +41,16 @@ def main(argv=None) -> int:
         shutil.copy(src / f, dst / f)
     state = load_file(str(src / WEIGHTS))
     save_file({k: v.half().contiguous() for k, v in state.items()}, str(dst / WEIGHTS))
-    log = src.parent / "train_log.jsonl"  # the run's training log ships too: the report's training curves
+    # the run's training log ships too (the report's training curves); for a kept checkpoint
+    # (RUN/checkpoints/checkpoint_N/user_adapter) it is the run's log up to step N
+    step_file = src.parent / "step.json"
+    run_dir = src.parent.parent.parent if step_file.is_file() else src.parent
+    log = run_dir / "train_log.jsonl"
     if log.is_file():
-        shutil.copy(log, dst / "train_log.jsonl")
+        last = json.loads(step_file.read_text())["step"] if step_file.is_file() else None
+        lines = [line for line in log.read_text().splitlines()
+                 if line.strip() and (last is None or json.loads(line).get("step", 0) <= last)]
+        (dst / "train_log.jsonl").write_text("\n".join(lines) + "\n")
     print(f"wrote {dst} ({(dst / WEIGHTS).stat().st_size / 1e3:.0f} kB, {len(state)} tensors, fp16)")
     return 0
 
