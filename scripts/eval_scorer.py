@@ -7,7 +7,7 @@
 Toy report (pairs drawn with another seed than training, content combinations ``all``):
 * per dimension: accuracy against the oracle labels, next to the Bayes ceiling (label noise) and the
   accuracy against the noiseless oracle; separately for renderer pairs and for the base model's samples;
-* the same backbone as plain CLIP similarity (cos(image, prompt), one score for every dimension);
+* the same backbone, untouched by the scorer's training, as plain CLIP similarity (cos(image, prompt), one score for every dimension);
 * where the aesthetics and detail oracles disagree: Kendall tau between the two dimensions' score
   differences and how often they pick different images (the condition changes the ranking);
 * personal: unseen synthetic users, each conditioned on 4 of their own pairs, on their other pairs.
@@ -26,6 +26,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TARGETS = {"aesthetics": 0.90, "alignment": 0.90, "detail": 0.90, "personal": 0.80}
 
 
+def plain_clip_model(model):
+    """A scorer on the untouched backbone of ``model`` (its config's backbone and weights, a fresh head)."""
+    import dataclasses
+
+    from pixpref.scorer.model import ScorerModel
+
+    plain = ScorerModel.from_config(dataclasses.replace(model.config, zero_init=True))
+    return plain.to(device=model.logit_scale.device).eval()
+
+
 def toy_report(scorer, args) -> dict:
     import numpy as np
 
@@ -39,7 +49,8 @@ def toy_report(scorer, args) -> dict:
                          base_model=args.base_model, label_keep=1.0, users=0)
     pairs = make_pairs(cfg, progress=True)
     scores = score_pairs(model, pairs, dims)
-    clip = score_pairs(model, pairs, dims, clip_baseline=True)
+    # plain CLIP: the backbone as it was before the scorer's training (fine-tuned blocks not used)
+    clip = score_pairs(plain_clip_model(model), pairs, dims, clip_baseline=True)
     report: dict = {"temperature": cfg.temperature, "tie_margin": cfg.tie_margin, "sources": {}}
     for source in ("render", "model"):
         mask = np.array([s == source for s in pairs.sources])
