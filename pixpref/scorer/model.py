@@ -505,7 +505,9 @@ class ScorerModel(nn.Module):
             pooled_cond = (cond * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # (B, D)
             taste_layer = self.user_taste if dimension == PERSONAL else self.condition_taste
             taste = taste_layer(pooled_cond).float()  # (B, D): w
-            phi = self.image_features(feats["image"][:, 0]).float()  # (B, D): phi(image)
+            if "phi" not in feats:  # phi(image) (B, D) is shared by every dimension: computed once per batch
+                feats["phi"] = self.image_features(feats["image"][:, 0]).float()
+            phi = feats["phi"]
             score = score + (taste * phi).sum(dim=-1) / self.width**0.5
         return score
 
