@@ -85,3 +85,24 @@ def test_user_dropout_one_gives_reference_loss():
     assert abs(float(loss) - torch.log(torch.tensor(2.0)).item()) < 1e-6 and float(m["user_kept"]) == 0.0
     loss2, _ = preference_loss(model, batch, get_loss("dpo"), sched, torch.Generator().manual_seed(0), beta=50.0)
     assert abs(float(loss2) - float(loss)) > 1e-6
+
+
+def test_inpo_inversion_model_reference_vs_policy():
+    """inversion_model="reference" inverts with the adapter off: once the adapter is non-zero its x_t (and so the
+    loss) differs from the policy's inversion; at the zero init both are the same; bad names are refused."""
+    from pixpref.errors import PixprefError
+
+    sched = DDPMScheduler(num_train_timesteps=1000)
+
+    def loss_of(model, batch, which):
+        return float(preference_loss(model, batch, get_loss("inpo"), sched, torch.Generator().manual_seed(0),
+                                     beta=50.0, inversion_steps=3, inversion_model=which)[0])
+
+    model, batch = _setup("sd15")
+    assert loss_of(model, batch, "policy") == loss_of(model, batch, "reference")  # adapter is zero: same model
+    with torch.no_grad():  # a trained-looking adapter: every weight moved off the init
+        for p in model.adapter.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    assert loss_of(model, batch, "policy") != loss_of(model, batch, "reference")
+    with pytest.raises(PixprefError, match="unknown inversion model 'base'.*policy.*reference"):
+        loss_of(model, batch, "base")

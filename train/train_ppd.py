@@ -290,7 +290,7 @@ def train(args) -> int:
                         loss, metrics = preference_loss(
                             model, batch, loss_spec, scheduler, gen, beta=beta, user_dropout=tc.user_dropout,
                             inversion_steps=tc.inversion_steps, inversion_eta=tc.inversion_eta,
-                            timestep_range=timestep_range,
+                            timestep_range=timestep_range, inversion_model=tc.inversion_model,
                         )
                     loss_sum = loss_sum + loss.detach().float()
                     finite = accelerator.gather(torch.isfinite(loss.detach()).float().reshape(1)).min().item() > 0

@@ -77,6 +77,7 @@ class TrainSection:
     user_dropout: float = 0.1
     inversion_steps: int = 10
     inversion_eta: float = 0.1
+    inversion_model: str = "policy"  # InPO's inversion: "policy" (the paper) or "reference" (base model)
     timestep_min: int = 0
     timestep_max: int | None = None
     seed: int = 0
@@ -112,6 +113,10 @@ class TrainSection:
             raise PixprefError("train.lora_rank, warmup_steps and validate_every must be >= 0")
         if not self.max_grad_norm > 0:
             raise PixprefError(f"train.max_grad_norm must be > 0, got {self.max_grad_norm}")
+        from pixpref.personalize.trainer import INVERSION_MODELS
+
+        if self.inversion_model not in INVERSION_MODELS:
+            raise unknown_name("train.inversion_model", self.inversion_model, INVERSION_MODELS)
         if not 0 <= self.inversion_eta <= 1:
             raise PixprefError(f"train.inversion_eta must be in [0, 1], got {self.inversion_eta}")
         if self.timestep_min < 0 or (self.timestep_max is not None and self.timestep_max <= self.timestep_min):

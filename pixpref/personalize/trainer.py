@@ -15,10 +15,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from pixpref.errors import PixprefError
+from pixpref.errors import PixprefError, unknown_name
 from pixpref.personalize.adapter import UserAdapter, drop_user_tokens
 from pixpref.personalize.inversion import ddim_invert, eps_from_model_output
 from pixpref.personalize.losses import PreferenceLoss, per_sample_mse, split_pairs, target_for
+
+#: which model's DDIM inversion gives InPO its x_t: the current policy (InPO) or the frozen reference
+INVERSION_MODELS = ("policy", "reference")
 
 
 class PersonalizedUNet(nn.Module):
@@ -95,6 +98,7 @@ def preference_loss(
     inversion_steps: int = 10,
     inversion_eta: float = 0.1,
     timestep_range: tuple[int, int] | None = None,
+    inversion_model: str = "policy",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Loss of one pair batch. Winners and losers share the noise and the timestep (same t per pair).
 
@@ -135,9 +139,15 @@ def preference_loss(
         target = target_for(prediction_type, scheduler, x0, noise, t2)
     elif loss.noising == "ddim_inversion":
         def eps_fn(x: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
-            out = model(x, tt, text, user_embedding=user, user_mask=mask, added_cond_kwargs=added)
+            if inversion_model == "reference":  # invert with the frozen base model (adapter off)
+                with inner.reference():
+                    out = inner(x, tt, text, user_embedding=None, added_cond_kwargs=added)
+            else:  # the current policy, as InPO does
+                out = model(x, tt, text, user_embedding=user, user_mask=mask, added_cond_kwargs=added)
             return eps_from_model_output(prediction_type, out, x, tt, scheduler)
 
+        if inversion_model not in INVERSION_MODELS:
+            raise unknown_name("inversion model", inversion_model, INVERSION_MODELS)
         with torch.no_grad():
             x_t, eps_star = ddim_invert(
                 x0, t2, eps_fn, scheduler, num_steps=inversion_steps, eta=inversion_eta, generator=generator
