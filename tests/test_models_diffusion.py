@@ -191,3 +191,20 @@ def test_shipped_toy_model_loads_offline():
     images = pipe("a red star", num_images_per_prompt=2, num_inference_steps=2, output_type="np",
                   generator=torch.Generator().manual_seed(0)).images
     assert images.shape == (2, 32, 32, 3) and np.isfinite(images).all()
+
+
+def test_shipped_toy_model_follows_prompts():
+    """Issue floors: the oracle finds the prompt's colour and shape in >= 90% of images of seen shape-colour
+    combinations and >= 60% of held-out ones (one image per combination here; the full figure comes from
+    ``scripts/eval_base_model.py``)."""
+    from pixpref.toyworld.oracle import prompt_adherence
+    from pixpref.toyworld.scene import content_combos
+
+    pipe = load_pipeline("toy")
+    pipe.set_progress_bar_config(disable=True)
+    for split, floor in (("seen", 0.90), ("held_out", 0.60)):
+        prompts = [f"a {colour} {shape}" for colour, shape in content_combos(split)]
+        images = pipe(prompts, num_inference_steps=20, guidance_scale=2.0, output_type="np",
+                      generator=torch.Generator().manual_seed(0)).images
+        ok = prompt_adherence((np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8), prompts)
+        assert ok.mean() >= floor, f"{split}: adherence {ok.mean():.3f} < {floor}"
