@@ -209,3 +209,30 @@ def test_wilson_interval_matches_scipy():
         assert low == pytest.approx(ci.low, abs=1e-9) and high == pytest.approx(ci.high, abs=1e-9)
     low, high = wilson_interval(2.5, 5)  # a half-tie count sits symmetric around 0.5
     assert low == pytest.approx(1 - high)
+
+
+def test_shipped_toy_scorer_beats_plain_clip_on_held_out_renderer_pairs():
+    """Floors for the shipped toy scorer on renderer pairs it never saw (another seed, all combos): each
+    conditioned dimension beats the same backbone read as plain CLIP, and stays near its measured accuracy
+    (``scripts/eval_scorer.py``: aesthetics 0.856, alignment 0.956, detail 0.851 on 4000 pairs). The issue's
+    0.90 target on aesthetics and detail is not met yet, so the floors here are the measured level minus
+    the sampling noise of 600 pairs."""
+    import dataclasses
+
+    from pixpref.scorer import PreferenceScorer
+    from pixpref.scorer.benchmarks import evaluate_pairs, score_pairs
+    from pixpref.scorer.model import ScorerModel
+    from pixpref.scorer.toylabels import ToyLabelConfig, make_pairs
+
+    model = PreferenceScorer.from_pretrained("toy").model
+    dims = ["aesthetics", "alignment", "detail"]
+    pairs = make_pairs(ToyLabelConfig(seed=777, combos="all", render_pairs=600, model_pairs=0, label_keep=1.0,
+                                      users=0))
+    ours = evaluate_pairs(model, pairs, dims)
+    plain = ScorerModel.from_config(dataclasses.replace(model.config, zero_init=True)).eval()
+    clip = evaluate_pairs(model, pairs, dims, scores=score_pairs(plain, pairs, dims, clip_baseline=True))
+    floors = {"aesthetics": 0.80, "alignment": 0.90, "detail": 0.80}
+    for d in dims:
+        assert ours[d]["accuracy"] >= floors[d], (d, ours[d], floors[d])
+    for d in ("aesthetics", "detail"):  # where the condition has to read more than the prompt
+        assert ours[d]["accuracy"] > clip[d]["accuracy"] + 0.05, (d, ours[d], clip[d])
