@@ -94,6 +94,39 @@ def test_vlm_pretrain_short_run(tmp_path):
     assert _log_rows(tmp_path / "again" / "vlm" / "train_log.csv")[0]["loss"] == rows[0]["loss"]
 
 
+def test_vlm_vision_warm_up_then_frozen_tower(tmp_path):
+    """The warm-up trains the vision tower alone (logged as task 'vision'); with freeze_vision the LM
+    stage leaves the tower as the warm-up left it and still trains the LM."""
+    import torch
+    from safetensors.torch import load_file
+
+    small = ["batch_size=4", "train_scenes=24", "tokenizer_texts=40", "eval_scenes=0", "log_every=1",
+             "warmup_steps=2", "max_pairs=2", "model.vision_hidden=32", "model.vision_layers=1",
+             "model.vision_heads=2", "model.vision_intermediate=64", "model.text_hidden=32", "model.text_layers=1",
+             "model.text_heads=2", "model.text_intermediate=64", "model.vocab_size=300"]
+    base = pvlm.run(tmp_path / "a", load_config(None, pvlm.PretrainConfig, overrides=small + ["steps=1"]))
+    assert base["vision_steps"] == 0
+    first = tmp_path / "a" / "vlm"
+    warm_cfg = load_config(None, pvlm.PretrainConfig, overrides=small + [
+        "steps=3", "vision_steps=5", "vision_batch_size=8", f"init_from={first}", "freeze_vision=true"])
+    pvlm.run(tmp_path / "b", warm_cfg)
+    rows = _log_rows(tmp_path / "b" / "vlm" / "train_log.csv")
+    assert [r["task"] for r in rows[:5]] == ["vision"] * 5 and all(np.isfinite(float(r["probe_loss"])) for r in rows[:5])
+    assert len(rows) == 8
+    before, after = load_file(str(first / "model.safetensors")), load_file(str(tmp_path / "b" / "vlm" / "model.safetensors"))
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any("vision_tower" in k for k in changed)
+    assert any("language_model" in k for k in changed)
+    # the frozen tower: a second run with the same warm-up but more LM steps saves the same tower weights
+    warm_cfg.steps = 6
+    pvlm.run(tmp_path / "c", warm_cfg)
+    again = load_file(str(tmp_path / "c" / "vlm" / "model.safetensors"))
+    tower = [k for k in after if "vision_tower" in k]
+    assert tower and all(torch.equal(after[k], again[k]) for k in tower)
+    with pytest.raises(PixprefError, match="vision_steps"):
+        load_config(None, pvlm.PretrainConfig, overrides=["vision_steps=-1"])
+
+
 def test_clip_pretrain_short_run_changes_weights(tmp_path):
     from pixpref.models.clip import create_clip, load_clip
 

@@ -136,3 +136,30 @@ def test_image_contrast_matches_manual_and_flips_sign(tiny_vlm):
     torch.testing.assert_close(swapped[0], -got[0], atol=1e-5, rtol=1e-4)
     with pytest.raises(PixprefError, match="generate_tokens: 0"):
         UserEncoderConfig(pooling="image_contrast_all_layers", generate_tokens=2)
+
+
+def test_cache_made_by_other_vlm_weights_is_refused(tmp_path):
+    """A retrained VLM saved under the same name makes old user embeddings stale: the cache's metadata
+    holds a fingerprint of the weights, and check_cache names it."""
+    from types import SimpleNamespace
+
+    from tiny import make_vlm
+
+    from pixpref.personalize.user_cache import cache_metadata, check_cache
+
+    model, processor = make_vlm()
+    folder = tmp_path / "vlm"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    user_cfg = SimpleNamespace(source="vlm", vlm=str(folder), pooling="last_token_all_layers",
+                               generate_tokens=0, users_file=None)
+    arrays = SimpleNamespace(index=[7], prompts=["a red star"])
+    chunks = [SimpleNamespace(user_id="u0", chunk=0, indices=[0])]
+    meta = cache_metadata(user_cfg, arrays, chunks)
+    cache = UserEmbeddingCache({"u0/0": torch.zeros(1, 4)}, meta)
+    assert check_cache(cache, user_cfg, arrays, chunks, tmp_path / "c.safetensors") is cache
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    model.save_pretrained(folder)  # same folder, other weights
+    with pytest.raises(PixprefError, match="vlm_weights"):
+        check_cache(cache, user_cfg, arrays, chunks, tmp_path / "c.safetensors")

@@ -32,15 +32,32 @@ def oracle_pair_embeddings(chunks: list, arrays: Any) -> dict[str, torch.Tensor]
             for c in chunks}
 
 
+def vlm_fingerprint(name_or_path: str | Path) -> str:
+    """sha256 (16 hex digits) of a VLM folder's safetensors weights: a cache made by other weights under
+    the same name (a retrained ``toy`` VLM) is stale."""
+    from pixpref.models.vlm import resolve_vlm_path
+
+    digest = hashlib.sha256()
+    for f in sorted(resolve_vlm_path(name_or_path).glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def cache_metadata(user_cfg: Any, arrays: Any, chunks: list) -> dict[str, str]:
-    """What a cache was made from: the embedding source and a fingerprint of every chunk's pairs."""
+    """What a cache was made from: the embedding source (for a VLM, a fingerprint of its weights) and a
+    fingerprint of every chunk's pairs."""
     digest = hashlib.sha256()
     for c in chunks:
         pairs = [(int(arrays.index[r]), arrays.prompts[r]) for r in c.indices]
         digest.update(json.dumps([c.user_id, c.chunk, pairs]).encode())
     source = {"oracle": user_cfg.users_file, "oracle_pairs": "pixel-oracle"}.get(user_cfg.source, user_cfg.vlm)
-    return {"source": user_cfg.source, "vlm": str(source), "pooling": user_cfg.pooling,
+    meta = {"source": user_cfg.source, "vlm": str(source), "pooling": user_cfg.pooling,
             "generate_tokens": str(user_cfg.generate_tokens), "chunks": digest.hexdigest()}
+    if user_cfg.source == "vlm":
+        meta["vlm_weights"] = vlm_fingerprint(user_cfg.vlm)
+    return meta
 
 
 def check_cache(cache: UserEmbeddingCache, user_cfg: Any, arrays: Any, chunks: list, path: Path) -> UserEmbeddingCache:
