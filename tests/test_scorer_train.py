@@ -83,6 +83,20 @@ def test_short_run_lowers_the_loss_and_saves_a_loadable_scorer(run):
     assert mean_loss(trained, pairs) < mean_loss(initial, pairs) - 0.05
 
 
+def test_init_from_continues_a_saved_scorer_and_refuses_another_config(run, tmp_path):
+    script, out, _ = run
+    pairs = ToyPairs.load(out / "pairs.npz")
+    trained = PreferenceScorer.from_pretrained(out / "scorer").model
+    args = [a for o in overrides(str(out.parent / "clip.json"), tmp_path / "more", steps=2) for a in ("--set", o)]
+    script.main(["--config", str(REPO / "configs/scorer/train_toy.yaml"), *args,
+                 "--set", f"train.init_from={out / 'scorer'}", "--set", "train.lr=1e-9", "--set", "train.backbone_lr=0"])
+    again = PreferenceScorer.from_pretrained(tmp_path / "more" / "scorer").model
+    assert abs(mean_loss(again, pairs) - mean_loss(trained, pairs)) < 1e-3  # it started from the trained weights
+    with pytest.raises(PixprefError, match="init_from.*cross_layers"):
+        script.main(["--config", str(REPO / "configs/scorer/train_toy.yaml"), *args,
+                     "--set", f"train.init_from={out / 'scorer'}", "--set", "model.cross_layers=1"])
+
+
 def test_config_errors_list_valid_options(run):
     script, _, _ = run
     path = REPO / "configs/scorer/train_toy.yaml"

@@ -63,6 +63,7 @@ class TrainSection:
     threads: int = 0  # torch threads (0: leave as is)
     save_fp16: bool = True
     include_backbone: bool = False  # False: store only head + trained parts, refer to the backbone file
+    init_from: str | None = None  # continue from a saved scorer ("toy" or a folder) with the same model config
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "val_every", "log_every"):
@@ -87,6 +88,21 @@ class TrainScorerConfig:
     model: ScorerConfig = field(default_factory=ScorerConfig)
     data: ToyLabelConfig = field(default_factory=ToyLabelConfig)
     train: TrainSection = field(default_factory=TrainSection)
+
+
+def init_model(cfg: TrainScorerConfig) -> ScorerModel:
+    """The model of a saved scorer (``train.init_from``), refused when its config differs from ``model``."""
+    from pixpref.scorer.api import PreferenceScorer
+
+    model = PreferenceScorer.from_pretrained(cfg.train.init_from).model
+    saved, wanted = to_dict(model.config), to_dict(cfg.model)
+    differ = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+    if differ:
+        raise PixprefError(
+            f"train.init_from {cfg.train.init_from}: its model config differs in {', '.join(differ)} "
+            f"(saved: { {k: saved.get(k) for k in differ} })"
+        )
+    return model
 
 
 class PairLoss(torch.nn.Module):
@@ -191,12 +207,17 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- data -------------------------------------------------------------------------------------
     cache = out / "pairs.npz"
     pairs = ToyPairs.load(cache) if cache.is_file() else None
-    if pairs is not None and pairs.meta.get("data_config") == json.dumps(to_dict(cfg.data)):
+    data_key = json.dumps(to_dict(cfg.data))
+    if cfg.data.users and cfg.data.user_encoder != "oracle":  # a retrained VLM makes the embeddings stale
+        from pixpref.personalize.user_cache import vlm_fingerprint
+
+        data_key += " vlm_weights=" + vlm_fingerprint(cfg.data.user_encoder)
+    if pairs is not None and pairs.meta.get("data_config") == data_key:
         log(f"reusing {len(pairs)} labelled pairs from {cache}")
     else:
         with accelerator.main_process_first():
             pairs = make_pairs(cfg.data, progress=accelerator.is_local_main_process)
-        pairs.meta["data_config"] = json.dumps(to_dict(cfg.data))
+        pairs.meta["data_config"] = data_key
         if accelerator.is_main_process:
             pairs.save(cache)
     dims = [d for d in cfg.model.dimensions if d in pairs.dimensions]
@@ -216,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"data ready in {time.time() - t0:.0f} s")
 
     # ---- model ------------------------------------------------------------------------------------
-    model = ScorerModel.from_config(cfg.model)
+    model = ScorerModel.from_config(cfg.model) if not cfg.train.init_from else init_model(cfg)
     head = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("clip.")]
     backbone = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("clip.")]
     n_train = sum(p.numel() for p in head + backbone)
