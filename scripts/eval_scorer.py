@@ -26,20 +26,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TARGETS = {"aesthetics": 0.90, "alignment": 0.90, "detail": 0.90, "personal": 0.80}
 
 
-def plain_clip_model(model):
-    """A scorer on the untouched backbone of ``model`` (its config's backbone and weights, a fresh head)."""
-    import dataclasses
-
-    from pixpref.scorer.model import ScorerModel
-
-    plain = ScorerModel.from_config(dataclasses.replace(model.config, zero_init=True))
-    return plain.to(device=model.logit_scale.device).eval()
-
-
 def toy_report(scorer, args) -> dict:
     import numpy as np
 
-    from pixpref.scorer.benchmarks import evaluate_pairs, kendall_tau, score_pairs
+    from pixpref.scorer.benchmarks import evaluate_pairs, kendall_tau, plain_clip_model, score_pairs
     from pixpref.scorer.conditions import PERSONAL
     from pixpref.scorer.toylabels import ToyLabelConfig, make_pairs
 

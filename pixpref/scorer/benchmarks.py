@@ -36,6 +36,18 @@ def _pixels(model: Any, images: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
+def plain_clip_model(model: Any) -> Any:
+    """A scorer on the untouched backbone of ``model`` (its config's backbone and weights, a fresh head):
+    with ``score_pairs(..., clip_baseline=True)`` it is the plain-CLIP baseline of the same backbone."""
+    import dataclasses
+
+    from pixpref.scorer.model import ScorerModel
+
+    plain = ScorerModel.from_config(dataclasses.replace(model.config, zero_init=True))
+    return plain.to(device=model.logit_scale.device).eval()
+
+
+@torch.no_grad()
 def score_pairs(model: Any, pairs: Any, dimensions: list[str], batch_size: int = 128,
                 clip_baseline: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Scores of images a and b of every pair per dimension -> {dim: ((N,), (N,))}.
