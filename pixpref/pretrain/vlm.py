@@ -78,12 +78,19 @@ class PretrainConfig:
     vision_batch_size: int = 64
     vision_lr: float = 1e-3
     freeze_vision: bool = False  # keep the vision tower fixed during the LM tasks (after the warm-up)
+    vision_attribute_weights: dict[str, float] = field(default_factory=dict)  # warm-up probe weight per
+    # caption attribute (default 1; e.g. {shape: 5}: shape is the attribute the tower learns last)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise PixprefError("steps and batch_size must be >= 1")
         if self.vision_steps < 0 or self.vision_batch_size < 1:
             raise PixprefError("vision_steps must be >= 0 and vision_batch_size >= 1")
+        unknown = sorted(set(self.vision_attribute_weights) - set(PROBE_CLASSES))
+        if unknown:
+            raise PixprefError(f"vision_attribute_weights: unknown attribute(s) {unknown}; valid: {list(PROBE_CLASSES)}")
+        if any(not w >= 0 for w in self.vision_attribute_weights.values()):
+            raise PixprefError("vision_attribute_weights must be >= 0")
         if not 1 <= self.max_pairs <= 8:
             raise PixprefError(f"max_pairs must be in 1..8, got {self.max_pairs}")
         if min(self.caption_weight, self.compare_weight, self.pairs_weight) < 0 or self.caption_weight <= 0:
@@ -321,16 +328,20 @@ def make_probe(n_tokens: int, dim: int):
     return torch.nn.Linear(n_tokens * dim, sum(len(v) for v in PROBE_CLASSES.values()) + 4)
 
 
-def probe_loss(probe: Any, feats, cls, reg):
-    """feats ``(B, n_tokens, dim)``; cls ``(B, 9)`` long; reg ``(B, 4)`` -> mean CE over attributes + MSE."""
+def probe_loss(probe: Any, feats, cls, reg, weights: dict[str, float] | None = None):
+    """feats ``(B, n_tokens, dim)``; cls ``(B, 9)`` long; reg ``(B, 4)`` -> weighted mean CE over the
+    attributes (``weights``: attribute -> weight, default 1) + MSE."""
     import torch.nn.functional as F
 
+    weights = weights or {}
     out = probe(feats.flatten(1))  # (B, classes + 4)
-    loss, start = 0.0, 0
-    for j, names in enumerate(PROBE_CLASSES.values()):
-        loss = loss + F.cross_entropy(out[:, start: start + len(names)], cls[:, j])
+    loss, start, total = 0.0, 0, 0.0
+    for j, (attr, names) in enumerate(PROBE_CLASSES.items()):
+        w = float(weights.get(attr, 1.0))
+        loss = loss + w * F.cross_entropy(out[:, start: start + len(names)], cls[:, j])
         start += len(names)
-    return loss / len(PROBE_CLASSES) + F.mse_loss(out[:, start:], reg) * 10.0
+        total += w
+    return loss / max(total, 1e-8) + F.mse_loss(out[:, start:], reg) * 10.0
 
 
 # ---- training ------------------------------------------------------------------------------------------
@@ -356,7 +367,7 @@ def warm_up_vision(vision_tower: Any, pixels, probe_cls, probe_reg, cfg: Pretrai
         for g in opt.param_groups:
             g["lr"] = lr
         feats = vision_tower(pixel_values=pixels[idx]).last_hidden_state[:, 1:]  # drop CLS, as the LM does
-        loss = probe_loss(probe, feats, probe_cls[idx], probe_reg[idx])
+        loss = probe_loss(probe, feats, probe_cls[idx], probe_reg[idx], cfg.vision_attribute_weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
