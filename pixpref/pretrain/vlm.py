@@ -425,28 +425,27 @@ def run(out_dir: Path, cfg: PretrainConfig) -> dict:
 
     # 3. optimiser (after the optional vision warm-up)
     log_path = out / "train_log.csv"
-    f = open(log_path, "w", newline="")
-    writer = csv.writer(f)
-    writer.writerow(["step", "task", "loss", "probe_loss", "lr", "seconds"])
-    vision_seconds = 0.0
-    if cfg.vision_steps:
-        vision_seconds = warm_up_vision(model.model.vision_tower, pixels, probe_cls, probe_reg, cfg, rng, writer)
-    if cfg.freeze_vision:
-        model.model.vision_tower.requires_grad_(False)
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    params += list(probe.named_parameters(prefix="probe"))
-    decay = [p for n, p in params if p.ndim >= 2]
-    no_decay = [p for n, p in params if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.98),
-    )
+    with open(log_path, "w", newline="") as f:  # one log for the warm-up and the LM tasks
+        writer = csv.writer(f)
+        writer.writerow(["step", "task", "loss", "probe_loss", "lr", "seconds"])
+        vision_seconds = 0.0
+        if cfg.vision_steps:
+            vision_seconds = warm_up_vision(model.model.vision_tower, pixels, probe_cls, probe_reg, cfg, rng, writer)
+        if cfg.freeze_vision:
+            model.model.vision_tower.requires_grad_(False)
+        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        params += list(probe.named_parameters(prefix="probe"))
+        decay = [p for n, p in params if p.ndim >= 2]
+        no_decay = [p for n, p in params if p.ndim < 2]
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr, betas=(0.9, 0.98),
+        )
 
-    # 4. loop
-    model.train()
-    t0 = time.time()
-    ema = None
-    with f:
+        # 4. loop
+        model.train()
+        t0 = time.time()
+        ema = None
         bar = tqdm(range(cfg.steps), desc="pretrain vlm")
         for step in bar:
             task = tasks[int(rng.choice(3, p=weights))]
