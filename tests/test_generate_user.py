@@ -78,4 +78,7 @@ def test_bad_user_inputs_exit_2(user_files, tmp_path, capsys):
     save_user_embedding(tmp_path / "other.safetensors", torch.zeros(5, 192), {"pooling": "mean_last_layer"})
     assert _generate(tmp_path / "e", "--user", str(tmp_path / "other.safetensors")) == 2
     assert "re-run embed-user" in capsys.readouterr().err
+    assert _generate(tmp_path / "f", "--user", str(emb), "--user-start", "0.6", "--user-end", "0.2") == 2
+    assert "--user-start" in capsys.readouterr().err
+    assert not (tmp_path / "f").exists()
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()

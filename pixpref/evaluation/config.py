@@ -36,6 +36,8 @@ class EvalConfig:
     guidance: float = 2.0  # classifier-free guidance scale
     user_scale: float = 1.0  # personalization strength of the user branch (the adapters' scale)
     user_guidance: str = "text"  # "joint": guidance amplifies text and user; "text" (default): text only
+    user_start: float | None = None  # the user branch runs from this fraction of the denoising steps ...
+    user_end: float | None = None  # ... up to this one (UserAdapter.step_window); None: each adapter's own
     noise_seed: int = 1234  # seed of the initial noises (prompt i uses noise_seed + i)
     k: int = 4  # examples per user for the headline win rates
     few_shot_k: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # the few-shot curve's k values
@@ -98,6 +100,10 @@ class EvalConfig:
             raise unknown_name("user_guidance", self.user_guidance, USER_GUIDANCE_MODES)
         if not math.isfinite(self.user_scale):
             raise PixprefError(f"user_scale must be finite, got {self.user_scale}")
+        start = 0.0 if self.user_start is None else self.user_start
+        end = 1.0 if self.user_end is None else self.user_end
+        if not 0.0 <= start < end <= 1.0:
+            raise PixprefError(f"need 0 <= user_start < user_end <= 1, got {self.user_start} and {self.user_end}")
 
     @property
     def primary_adapter(self) -> str:

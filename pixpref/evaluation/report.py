@@ -95,7 +95,8 @@ def _checkpoint_curves(config: EvalConfig, runs: dict[str, list], pipe: Any, use
     judged = users[: config.checkpoint_users]
     setup = EvalSetup(prompts=list(config.prompts), seeds=config.checkpoint_images_per_prompt, steps=config.steps,
                       guidance=config.guidance, noise_seed=config.noise_seed, user_scale=config.user_scale,
-                      user_guidance=config.user_guidance)
+                      user_guidance=config.user_guidance, user_start=config.user_start,
+                      user_end=config.user_end)
     base = base_images(pipe, setup)
     curves: dict[str, dict[str, Any]] = {}
     for name, checkpoints in runs.items():
@@ -163,7 +164,8 @@ def measure(config: EvalConfig, log: Callable[[str], None] = _log) -> tuple[dict
     users = unseen_users(data, config.users)
     setup = EvalSetup(prompts=list(config.prompts), seeds=config.images_per_prompt, steps=config.steps,
                       guidance=config.guidance, noise_seed=config.noise_seed, user_scale=config.user_scale,
-                      user_guidance=config.user_guidance)
+                      user_guidance=config.user_guidance, user_start=config.user_start,
+                      user_end=config.user_end)
     u_, p_, n_ = len(users), len(setup.prompts), setup.seeds
 
     # 2. few-shot examples and user embeddings
@@ -214,7 +216,10 @@ def measure(config: EvalConfig, log: Callable[[str], None] = _log) -> tuple[dict
                 images = personalized_images(apipe, adapter, setup, emb)  # (U, P, n, H, W, 3)
                 verdict = judge(users, images, base, setup.prompts, scorer, scorer_emb)
                 if k == config.k:
-                    adapters[name] = {"folder": str(folder), "user_encoder": specs[name], "k": k, **verdict}
+                    window = [adapter.config.start if setup.user_start is None else setup.user_start,
+                              adapter.config.end if setup.user_end is None else setup.user_end]
+                    adapters[name] = {"folder": str(folder), "user_encoder": specs[name], "k": k,
+                                      "user_scale": setup.user_scale, "user_window": window, **verdict}
                     for i, uid in enumerate(grids):
                         grids[uid].append(images[i].reshape(p_ * n_, *images.shape[3:]))
                 if name == primary and k in config.few_shot_k:

@@ -2,10 +2,13 @@
 
     pixpref generate --prompt "a red star" --num-images 8 --seed 0 --out outputs/red_star \\
         [--model toy|sd15|sdxl|PATH] [--steps 25] [--guidance-scale G] [--scheduler ddim|ddpm|euler|dpm] \\
-        [--user USER.safetensors | --user-pairs PAIRS.jsonl] [--user-scale X] [--adapter dpo|inpo|DIR]
+        [--user USER.safetensors | --user-pairs PAIRS.jsonl] [--user-scale X] [--adapter dpo|inpo|DIR] \\
+        [--user-start F] [--user-end F]
 
 With a user, the user adapter (default: the shipped toy DPO adapter) is installed and the images are
 personalized; with no user (or --user-scale 0) they equal the base model's for the same seed.
+``--user-start`` / ``--user-end`` limit the user branch to that window of the denoising steps (fractions;
+default: the window saved with the adapter).
 
 Writes ``000.png ... NNN.png``, ``grid.png`` and ``generate.json`` (the settings) into ``--out``. The same
 seed gives the same images.
@@ -37,6 +40,10 @@ def check_generate_args(args: argparse.Namespace) -> None:
         raise PixprefError(f"--guidance-scale must be a finite number, got {args.guidance_scale}")
     if not math.isfinite(args.user_scale):
         raise PixprefError(f"--user-scale must be a finite number, got {args.user_scale}")
+    start = 0.0 if args.user_start is None else args.user_start
+    end = 1.0 if args.user_end is None else args.user_end
+    if not 0.0 <= start < end <= 1.0:
+        raise PixprefError(f"need 0 <= --user-start < --user-end <= 1, got {start} and {end}")
     if args.user is not None and args.user_pairs is not None:
         raise PixprefError("give either --user USER.safetensors or --user-pairs PAIRS.jsonl, not both")
     if args.user is not None or args.user_pairs is not None:
@@ -101,7 +108,7 @@ def _personalized_images(pipe, args: argparse.Namespace, steps: int, guidance: f
         user = sampler.embed_user(read_user_pairs(args.user_pairs, image_size=pipe.unet.config.sample_size))
     images = sampler(args.prompt, user=user, user_scale=args.user_scale, num_images=args.num_images, seed=args.seed,
                      num_inference_steps=steps, guidance_scale=guidance, output_type="np",
-                     user_guidance=args.user_guidance)
+                     user_guidance=args.user_guidance, user_start=args.user_start, user_end=args.user_end)
     return (np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
@@ -161,6 +168,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                     "seed": args.seed, "user": args.user or args.user_pairs,
                     "user_scale": args.user_scale if user_given else None,
                     "user_guidance": args.user_guidance if user_given else None,
+                    "user_window": [args.user_start, args.user_end] if user_given else None,
                     "adapter": args.adapter if user_given else None,
                     "steps": steps, "guidance_scale": guidance, "scheduler": type(pipe.scheduler).__name__,
                     "images": paths}
@@ -193,6 +201,10 @@ def register(subparsers) -> None:
     p.add_argument("--user-scale", type=float, default=1.0, help="personalization strength (0 = base model)")
     p.add_argument("--user-guidance", default="text", choices=USER_GUIDANCE_MODES,
                    help="text (default): guidance amplifies the prompt only; joint: the prompt and the user together")
+    p.add_argument("--user-start", type=float, default=None,
+                   help="fraction of the denoising steps before the user branch starts (default: the adapter's)")
+    p.add_argument("--user-end", type=float, default=None,
+                   help="fraction of the denoising steps at which the user branch stops (default: the adapter's)")
     p.add_argument("--adapter", default="dpo", help="user adapter: dpo or inpo (shipped toy adapters) or a folder")
     p.add_argument("--overwrite", action="store_true", help="write into an existing --out folder")
     p.set_defaults(func=cmd_generate)

@@ -14,6 +14,7 @@ guidance the UNet batch is ``[unconditional; conditional]`` (``2 * B`` rows, unc
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -164,8 +165,14 @@ class PixprefPipeline(DiffusionPipeline):
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
         return_dict: bool = True,
+        callback_on_step_end: Callable[[Any, int, Any, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
     ):
         """Generate images. ``guidance_scale <= 1`` disables classifier-free guidance.
+
+        ``callback_on_step_end(pipe, step_index, timestep, callback_kwargs)`` runs after every denoising step,
+        as in diffusers' pipelines: ``callback_kwargs`` holds the tensors named in
+        ``callback_on_step_end_tensor_inputs`` (only ``"latents"``), and a returned ``"latents"`` replaces them.
 
         Returns ``ImagePipelineOutput(images=...)`` (PIL list, ``(N, H, W, 3)`` float array in [0, 1], or
         ``(N, 3, H, W)`` tensor in [0, 1]) or a tuple when ``return_dict=False``.
@@ -173,6 +180,9 @@ class PixprefPipeline(DiffusionPipeline):
         # 1. check inputs
         self.check_inputs(prompt, num_images_per_prompt, num_inference_steps, guidance_scale, negative_prompt,
                           output_type, prompt_embeds)
+        unknown = set(callback_on_step_end_tensor_inputs) - {"latents"}
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs can only name 'latents', got {sorted(unknown)}")
         device = self._execution_device
         height = height or self.unet.config.sample_size * self.vae_scale_factor
         width = width or self.unet.config.sample_size * self.vae_scale_factor
@@ -203,7 +213,7 @@ class PixprefPipeline(DiffusionPipeline):
 
         # 4. denoise with classifier-free guidance
         with self.progress_bar(total=len(timesteps)) as progress:
-            for t in timesteps:
+            for i, t in enumerate(timesteps):
                 model_in = torch.cat([latents] * 2) if do_cfg else latents  # (2B|B, C, h, w)
                 model_in = self.scheduler.scale_model_input(model_in, t)
                 noise_pred = self.unet(
@@ -213,6 +223,9 @@ class PixprefPipeline(DiffusionPipeline):
                     uncond, cond = noise_pred.chunk(2)
                     noise_pred = uncond + guidance_scale * (cond - uncond)
                 latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
+                if callback_on_step_end is not None:
+                    out_kwargs = callback_on_step_end(self, i, t, {"latents": latents}) or {}
+                    latents = out_kwargs.get("latents", latents)
                 progress.update()
 
         # 5. decode to images in [0, 1]

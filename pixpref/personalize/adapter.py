@@ -36,6 +36,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -71,6 +72,9 @@ class UserAdapterConfig:
             both leave the UNet output unchanged until trained.
         pos_embed: add a learned per-token position embedding to the user tokens.
         scale: default weight of the user branch (overridden per call by ``user_scale``).
+        start, end: default window of the denoising steps that use the user branch, as fractions
+            (:meth:`UserAdapter.step_window`; overridden per call by ``user_start`` / ``user_end``). Saved
+            with the adapter, so an adapter carries the window it was measured with.
     """
 
     embed_dim: int
@@ -81,6 +85,8 @@ class UserAdapterConfig:
     init: Literal["zero", "copy"] = "zero"
     pos_embed: bool = False
     scale: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "num_tokens"):
@@ -98,6 +104,11 @@ class UserAdapterConfig:
             raise unknown_name("adapter init", self.init, INIT_MODES)
         if not math.isfinite(float(self.scale)):
             raise PixprefError(f"UserAdapterConfig.scale must be finite, got {self.scale!r}")
+        if not 0.0 <= self.start < self.end <= 1.0:
+            raise PixprefError(
+                f"UserAdapterConfig needs 0 <= start < end <= 1 (the user branch's step window), got "
+                f"{self.start} and {self.end}"
+            )
         for name, dims in self.layers.items():
             if not (
                 isinstance(dims, (list, tuple)) and len(dims) == 2 and all(isinstance(d, int) for d in dims)
@@ -423,6 +434,37 @@ class UserAdapter(nn.Module):
             mask = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)])
             mask = mask.to(user_tokens.device)
         return self.attention_kwargs(tokens, scale=scale, mask=mask)
+
+    @staticmethod
+    def step_window(kwargs: dict[str, Any], num_steps: int, start: float = 0.0,
+                    end: float = 1.0) -> Callable[[Any, int, Any, dict], dict] | None:
+        """Limit the user branch of a pipeline call to a window of its denoising steps.
+
+        ``start`` / ``end`` are fractions of the ``num_steps`` steps (IP-Adapter front ends call them
+        start_at / end_at): step i uses the user branch iff ``start * num_steps <= i < end * num_steps``.
+        Early steps fix layout and shape, late ones style, so ``start > 0`` lets the base model place the
+        prompt's object before the user steers it. ``kwargs`` (from :meth:`guided_kwargs`) is edited in place
+        for the first step; the returned ``callback_on_step_end`` (None for the full window) sets the scale
+        of each next step. Off-window steps have ``user_scale`` 0: exactly the base model.
+        """
+        if not (0.0 <= start < end <= 1.0):
+            raise PixprefError(f"the user window needs 0 <= user_start < user_end <= 1, got {start} and {end}")
+        if num_steps < 1:
+            raise PixprefError(f"num_steps must be >= 1, got {num_steps}")
+        if start == 0.0 and end == 1.0:
+            return None
+        scale = kwargs.get("user_scale")  # None: the processors' own scale
+
+        def active(i: int) -> bool:
+            return start * num_steps <= i < end * num_steps
+
+        kwargs["user_scale"] = scale if active(0) else 0.0
+
+        def callback(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
+            kwargs["user_scale"] = scale if active(step + 1) else 0.0
+            return tensors
+
+        return callback
 
     def set_scale(self, scale: float) -> None:
         """Set the default weight of the user branch in every installed processor (per-call kwargs win)."""

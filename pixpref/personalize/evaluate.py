@@ -32,8 +32,11 @@ def wilson(wins: float, n: int, z: float = 1.96) -> tuple[float, float]:
 @torch.no_grad()
 def generate(pipe: Any, adapter: Any, prompt: str, latents: torch.Tensor, users: torch.Tensor | None,
              scale: float = 1.0, steps: int = 20, guidance: float = 2.0,
-             user_guidance: str = "text") -> np.ndarray:
+             user_guidance: str = "text", user_window: tuple[float | None, float | None] = (None, None)) -> np.ndarray:
     """Images for ``prompt`` from fixed initial ``latents`` (n, C, H, W).
+
+    ``user_window``: (start, end) fractions of the denoising steps that use the user branch
+    (:meth:`UserAdapter.step_window`); None: the adapter's saved ``start`` / ``end``.
 
     users: (G, T, D) embeddings -> (G, n, H, W, 3) uint8, every user from the same n noises;
     None -> the base model, (1, n, H, W, 3).
@@ -41,12 +44,16 @@ def generate(pipe: Any, adapter: Any, prompt: str, latents: torch.Tensor, users:
     n = latents.shape[0]
     g = 1 if users is None else users.shape[0]
     lat = latents.repeat(g, 1, 1, 1)  # (G*n, C, H, W), user-major
-    kwargs = None
+    kwargs, callback = None, None
     if users is not None and scale != 0.0:
         tokens = adapter.encode(users.to(pipe.unet.device, torch.float32)).repeat_interleave(n, dim=0)  # (G*n, T, C)
         kwargs = adapter.guided_kwargs(tokens, guidance > 1.0, scale=scale, user_guidance=user_guidance)
+        start = adapter.config.start if user_window[0] is None else user_window[0]
+        end = adapter.config.end if user_window[1] is None else user_window[1]
+        callback = adapter.step_window(kwargs, steps, start, end)
+    extra = {} if callback is None else {"callback_on_step_end": callback}
     images = pipe(prompt, num_images_per_prompt=g * n, num_inference_steps=steps, guidance_scale=guidance,
-                  latents=lat.clone(), cross_attention_kwargs=kwargs, output_type="np").images
+                  latents=lat.clone(), cross_attention_kwargs=kwargs, output_type="np", **extra).images
     images = (np.asarray(images) * 255 + 0.5).clip(0, 255).astype(np.uint8)
     return images.reshape(g, n, *images.shape[1:])
 
@@ -60,6 +67,8 @@ class EvalSetup:
     noise_seed: int = 1234
     user_scale: float = 1.0  # weight of the user branch
     user_guidance: str = "text"  # see pixpref.personalize.names.USER_GUIDANCE_MODES
+    user_start: float | None = None  # fraction of the denoising steps before the user branch starts
+    user_end: float | None = None  # ... and at which it stops (None: each adapter's saved window)
 
     def latents(self, pipe: Any, prompt_index: int) -> torch.Tensor:
         size = pipe.unet.config.sample_size
@@ -96,7 +105,7 @@ def personalized_images(pipe: Any, adapter: Any, setup: EvalSetup, embeddings: t
     for i, p in enumerate(setup.prompts):
         lat = setup.latents(pipe, i)
         chunks = [generate(pipe, adapter, p, lat, embeddings[s:s + group], setup.user_scale, setup.steps,
-                           setup.guidance, setup.user_guidance)
+                           setup.guidance, setup.user_guidance, (setup.user_start, setup.user_end))
                   for s in range(0, embeddings.shape[0], group)]
         per_prompt.append(np.concatenate(chunks))  # (U, n, H, W, 3)
     return np.stack(per_prompt, axis=1)

@@ -126,11 +126,15 @@ class PersonalizedSampler:
         guidance_scale: float | None = None,
         output_type: str = "np",
         user_guidance: str = "text",
+        user_start: float | None = None,
+        user_end: float | None = None,
     ):
         """Images for ``prompt`` (same seeds with and without a user). Returns what the pipeline returns.
 
         ``user_guidance``: "joint" (classifier-free guidance amplifies the user too) or "text"; see
-        :data:`pixpref.personalize.names.USER_GUIDANCE_MODES`.
+        :data:`pixpref.personalize.names.USER_GUIDANCE_MODES`. ``user_start`` / ``user_end``: the fractions
+        of the denoising steps between which the user branch runs (:meth:`UserAdapter.step_window`);
+        None: the adapter's saved window (``adapter.config.start`` / ``end``).
         """
         from pixpref.models.diffusion import default_settings
 
@@ -144,7 +148,11 @@ class PersonalizedSampler:
         steps = num_inference_steps or steps
         guidance = guidance if guidance_scale is None else guidance_scale
         device = self.pipe.unet.device
-        kwargs = None
+        kwargs, extra = None, {}
+        user_start = self.adapter.config.start if user_start is None else user_start
+        user_end = self.adapter.config.end if user_end is None else user_end
+        if not 0.0 <= user_start < user_end <= 1.0:
+            raise PixprefError(f"need 0 <= user_start < user_end <= 1, got {user_start} and {user_end}")
         if user is not None and user_scale != 0.0:
             user = self.check_user(user)
             emb = user if user.ndim == 3 else user[None]  # (1|N, T, D)
@@ -152,8 +160,10 @@ class PersonalizedSampler:
             tokens = tokens.expand(num_images, -1, -1) if tokens.shape[0] == 1 else tokens
             kwargs = self.adapter.guided_kwargs(tokens.to(self.pipe.unet.dtype), guidance > 1.0, scale=user_scale,
                                                 user_guidance=user_guidance)
+            callback = self.adapter.step_window(kwargs, steps, user_start, user_end)
+            extra = {} if callback is None else {"callback_on_step_end": callback}
         generator = torch.Generator().manual_seed(int(seed))
         return self.pipe(
             prompt, num_images_per_prompt=num_images, num_inference_steps=steps, guidance_scale=guidance,
-            generator=generator, cross_attention_kwargs=kwargs, output_type=output_type,
+            generator=generator, cross_attention_kwargs=kwargs, output_type=output_type, **extra,
         ).images
