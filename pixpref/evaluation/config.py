@@ -28,7 +28,7 @@ class EvalConfig:
     primary: str = ""  # adapter for the few-shot and interpolation curves (default: the first)
     scorer: str = "toy"  # preference scorer: "toy" or a folder; "" skips the scorer judge
     scorer_vlm: str = "toy"  # VLM whose embeddings the scorer's personal dimension reads
-    scorer_pooling: str = "last_token_all_layers"  # ... and their pooling (the scorer was trained on these)
+    scorer_pooling: str = "last_token_all_layers"  # ... and their pooling; a scorer folder with user_encoder.json overrides both
     users: int = 20  # unseen users evaluated (the first ones in users.json)
     prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
     images_per_prompt: int = 4  # initial noises per prompt, shared by base and personalized images
