@@ -56,6 +56,12 @@ def report_section(report: dict, figures: str) -> list[str]:
                      f"{r['adherence']['base']:.3f} -> {r['adherence']['personal']:.3f}"])
     lines += table(["adapter", "win rate over base (oracle)", "win rate (scorer personal)", "judges agree",
                     "prompt adherence base -> personalized"], rows)
+    for name, r in report["adapters"].items():
+        control = r.get("mismatched_users")
+        if control:
+            lines += [f"Control ({name}): the same images made from another user's embedding (user i gets user "
+                      f"i + {control['shift']}'s), judged by the true user: {rate(control['oracle'])}; "
+                      f"matched - mismatched = {control['gap']:+.3f}.", ""]
     dims = [d for d in next(iter(report["adapters"].values()))["scorer"] if d != "personal"]
     if dims:
         rows = [[name, *(f"{r['scorer'][d]['win_rate']:.3f} ({r['scorer'][d]['mean_delta']:+.3f})" for d in dims)]

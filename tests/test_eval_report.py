@@ -81,6 +81,19 @@ def test_report_json_keys_and_ranges(run):
     assert any("'gone' not found" in note for note in report["notes"])  # so is a missing checkpoint run
 
 
+def test_mismatched_user_control_for_the_primary_adapter(run):
+    adapters = run["report"]["adapters"]
+    assert "mismatched_users" not in adapters["inpo"]  # only the primary adapter gets the control
+    control = adapters["dpo"]["mismatched_users"]
+    assert control["shift"] == USERS // 2
+    _check_rate(control["oracle"], USERS * PROMPTS * IMAGES)
+    assert control["gap"] == pytest.approx(adapters["dpo"]["oracle"]["win_rate"] - control["oracle"]["win_rate"])
+    # the base images are the same, so the base adherence is too; the personalized images are new ones
+    assert control["adherence"]["base"] == adapters["dpo"]["adherence"]["base"]
+    md = (run["out"] / "report.md").read_text()
+    assert "Control (dpo)" in md and f"{control['gap']:+.3f}" in md
+
+
 def test_checkpoint_curve_judges_each_kept_checkpoint(run):
     cc = run["report"]["checkpoint_curves"]
     curve = cc["curves"]["run"]

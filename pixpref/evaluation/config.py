@@ -42,6 +42,9 @@ class EvalConfig:
     k: int = 4  # examples per user for the headline win rates
     few_shot_k: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # the few-shot curve's k values
     example_seed: int = 0  # which of a user's pairs are the k examples
+    # control for the primary adapter: each user's images made from another user's embedding (user i gets
+    # user (i + U // 2) mod U's), judged by the true user: what personalization adds over a population shift
+    mismatched_control: bool = True
     interpolation_pairs: int = 2  # user pairs (users 0-1, 2-3, ...) with an interpolation curve
     alphas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     grid_users: int = 4  # users with a base-vs-personalized image grid

@@ -51,7 +51,15 @@ def _headline(report: dict[str, Any]) -> list[str]:
                      f3(r["adherence"]["personal"]), f3(r["oracle"]["mean_delta"])])
     header = ["adapter", "oracle win rate", "95% CI", "scorer personal win rate", "95% CI", "agreement",
               "adherence base", "adherence personal", "mean utility gain"]
-    return [f"## Personalized vs base (k = {report['setup']['k']})", "", *table(header, rows)]
+    lines = [f"## Personalized vs base (k = {report['setup']['k']})", "", *table(header, rows)]
+    for name, r in report["adapters"].items():
+        control = r.get("mismatched_users")
+        if control:
+            lines += [f"Control ({name}): each user judges images made from another user's embedding (user i gets "
+                      f"user i + {control['shift']}'s): oracle win rate {f3(control['oracle']['win_rate'])} "
+                      f"{ci(control['oracle'])}, adherence {f3(control['adherence']['personal'])}; personalization "
+                      f"beyond a shared shift (matched - mismatched): {control['gap']:+.3f}.", ""]
+    return lines
 
 
 def _dimensions(report: dict[str, Any]) -> list[str]:

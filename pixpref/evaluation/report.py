@@ -83,6 +83,25 @@ def _without_per_user(result: dict) -> dict:
     return {k: v for k, v in result.items() if k != "per_user"}
 
 
+def _mismatched_control(pipe: Any, adapter: Any, setup: Any, users: list[Any], emb: Any, base: Any,
+                        matched: dict[str, Any]) -> dict[str, Any]:
+    """Each user judges images made from another user's embedding (user i gets user (i + U // 2) mod U's).
+
+    A personalizing adapter wins less for the wrong user than for the right one; an adapter that only shifts
+    every user the same way (a population taste) wins the same. ``gap`` = matched - mismatched win rate.
+    """
+    import torch
+
+    from pixpref.evaluation.judges import judge
+    from pixpref.personalize.evaluate import personalized_images
+
+    shift = len(users) // 2
+    other = torch.roll(emb, shifts=-shift, dims=0)  # row i = user (i + shift) mod U
+    verdict = judge(users, personalized_images(pipe, adapter, setup, other), base, setup.prompts)
+    return {"shift": shift, "oracle": _without_per_user(verdict["oracle"]), "adherence": verdict["adherence"],
+            "gap": matched["win_rate"] - verdict["oracle"]["win_rate"]}
+
+
 def _checkpoint_curves(config: EvalConfig, runs: dict[str, list], pipe: Any, users: list[Any],
                        embeddings: UserEmbeddings, log: Callable[[str], None]) -> dict[str, Any]:
     """Oracle win rate of every kept checkpoint of each run -> curves, and steps / wall-clock to the target."""
@@ -230,6 +249,12 @@ def measure(config: EvalConfig, log: Callable[[str], None] = _log) -> tuple[dict
                     few_shot.append(point)
                 log(f"[eval {time.time() - t0:6.0f}s] {name} k={k}: oracle win rate "
                     f"{verdict['oracle']['win_rate']:.3f}")
+            if name == primary and config.mismatched_control and u_ > 1:
+                adapters[name]["mismatched_users"] = _mismatched_control(
+                    apipe, adapter, setup, users, embeddings.get(specs[name], config.k), base,
+                    adapters[name]["oracle"])
+                log(f"[eval {time.time() - t0:6.0f}s] {name} k={config.k}, other users' embeddings: oracle win "
+                    f"rate {adapters[name]['mismatched_users']['oracle']['win_rate']:.3f}")
             if name == primary:
                 emb = embeddings.get(specs[name], config.k)
                 for j in range(config.interpolation_pairs):
