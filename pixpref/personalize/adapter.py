@@ -34,9 +34,9 @@ import dataclasses
 import importlib.util
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
