@@ -39,6 +39,8 @@ def pair_differences(data: Path, pattern: str) -> dict[str, np.ndarray]:
 
 def ceilings(unseen: dict[str, np.ndarray], weights: dict[str, np.ndarray], train_w: np.ndarray,
              train_t: np.ndarray, k: int) -> dict[str, float]:
+    from pixpref.toyworld.users import posterior_weights
+
     acc = collections.defaultdict(list)
     for uid, d in unseen.items():
         if len(d) <= k:
@@ -50,10 +52,7 @@ def ceilings(unseen: dict[str, np.ndarray], weights: dict[str, np.ndarray], trai
 
         acc["true_weights"].append(hit(weights[uid]))
         acc["contrast"].append(hit(ctx.mean(0)))
-        margin = ctx @ train_w.T / train_t  # (k, users)
-        loglik = -np.logaddexp(0.0, -np.clip(margin, -60, 60)).sum(0)
-        post = np.exp(loglik - loglik.max())
-        acc["posterior"].append(hit(post @ train_w / post.sum()))
+        acc["posterior"].append(hit(posterior_weights(ctx, train_w, train_t)))
     return {name: float(np.mean(v)) for name, v in acc.items()} | {"users": len(acc["true_weights"])}
 
 

@@ -249,3 +249,45 @@ def test_few_pairs_identify_a_clustered_user_better(tmp_path, population, capsys
         assert r["posterior"] >= 0.75 and r["true_weights"] >= 0.85
     else:
         assert r["posterior"] <= 0.72
+
+
+def test_posterior_weights_by_hand_and_errors():
+    from pixpref.toyworld.users import posterior_weights
+
+    w = np.array([[1.0, 0.0], [0.0, 1.0]])
+    t = np.array([1.0, 1.0])
+    # one pair with difference (1, 0): likelihoods sigmoid(1) = 0.7311 and sigmoid(0) = 0.5
+    post = posterior_weights(np.array([[1.0, 0.0]]), w, t)
+    s1 = 1 / (1 + np.exp(-1.0))
+    np.testing.assert_allclose(post, [s1 / (s1 + 0.5), 0.5 / (s1 + 0.5)], rtol=1e-12)
+    np.testing.assert_allclose(posterior_weights(np.zeros((0, 2)), w, t), [0.5, 0.5])  # no pairs: the prior mean
+    # 8 consistent pairs at a low temperature pick the matching user: likelihoods 0.5^8 and sigmoid(20)^8
+    lik = np.array([0.5**8, (1 / (1 + np.exp(-20.0))) ** 8])
+    np.testing.assert_allclose(posterior_weights(np.tile([[0.0, 1.0]], (8, 1)), w, t * 0.05), lik / lik.sum(),
+                               rtol=1e-9)
+    with pytest.raises(PixprefError, match="posterior_weights needs"):
+        posterior_weights(np.zeros((2, 3)), w, t)
+    with pytest.raises(PixprefError, match="temperatures must be > 0"):
+        posterior_weights(np.zeros((1, 2)), w, np.array([1.0, 0.0]))
+
+
+def test_oracle_posterior_cache_leaves_the_user_out_of_its_own_prior(tmp_path):
+    """Two identical-taste training users A and B and an opposite one C: A's chunk is read through B and C only."""
+    from types import SimpleNamespace
+
+    from pixpref.personalize.user_cache import oracle_posterior_embeddings
+    from pixpref.toyworld.users import pair_differences, posterior_weights
+
+    big = (Term("size", "linear", 2.0),)
+    users = [User(0, big, temperature=0.1, split="train"), User(1, big, temperature=0.1, split="train"),
+             User(2, (Term("size", "linear", -2.0),), temperature=0.1, split="train")]
+    path = save_users(users, tmp_path / "users.json")
+    large = render(Scene("circle", "red", size=0.28))
+    small = render(Scene("circle", "red", size=0.13))
+    arrays = SimpleNamespace(pairs=lambda idx: [("a red circle", large, small) for _ in idx])
+    chunks = [SimpleNamespace(user_id="0", chunk=0, indices=[0, 1])]
+    (emb,) = oracle_posterior_embeddings(chunks, arrays, path).values()
+    d = pair_differences(np.stack([large, large]), np.stack([small, small]))
+    rest = np.stack([users[1].weights_vector(), users[2].weights_vector()])
+    np.testing.assert_allclose(emb[0].numpy(), posterior_weights(d, rest, np.array([0.1, 0.1])), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(emb[0].numpy(), users[1].weights_vector(), atol=1e-3)  # the choices match B's taste

@@ -32,8 +32,10 @@ def _log(message: str) -> None:
 class UserEmbeddings:
     """Embeddings of the evaluated users, per (embedding spec, k); each VLM is loaded once."""
 
-    def __init__(self, users: list[Any], examples: dict[int, dict[str, list]], device: str = "cpu"):
+    def __init__(self, users: list[Any], examples: dict[int, dict[str, list]], device: str = "cpu",
+                 population: list[Any] | None = None):
         self.users = users
+        self.population = population or []  # the training users: the prior of source "oracle_posterior"
         self.examples = examples  # k -> user id -> k examples
         self.device = device
         self._vlms: dict[str, tuple[Any, Any]] = {}
@@ -50,6 +52,17 @@ class UserEmbeddings:
 
             return torch.stack([torch.as_tensor(examples_contrast(self.examples[k][str(u.id)]), dtype=torch.float32)[None]
                                 for u in self.users])
+        if spec.get("source") == "oracle_posterior":  # perfect perception of the k examples + the population prior
+            import numpy as np
+
+            from pixpref.toyworld.users import examples_posterior
+
+            if not self.population:
+                raise PixprefError("source oracle_posterior needs the training users (split 'train' in users.json)")
+            w = np.stack([u.weights_vector() for u in self.population])
+            t = np.array([u.temperature for u in self.population])
+            return torch.stack([torch.as_tensor(examples_posterior(self.examples[k][str(u.id)], w, t),
+                                                dtype=torch.float32)[None] for u in self.users])
         key = (spec["vlm"], spec["pooling"], int(spec.get("generate_tokens", 0)), k)
         if key not in self._cache:
             from pixpref.personalize.user_encoder import UserEncoder, UserEncoderConfig
@@ -171,7 +184,7 @@ def measure(config: EvalConfig, log: Callable[[str], None] = _log) -> tuple[dict
     folders = {name: resolve_adapter(value) for name, value in config.adapters.items()}
     specs = {name: read_user_encoder_spec(folder) for name, folder in folders.items()}
     primary = config.primary_adapter
-    primary_is_vlm = specs[primary].get("source", "vlm") in ("vlm", "oracle_pairs")  # reads the k examples
+    primary_is_vlm = specs[primary].get("source", "vlm") in ("vlm", "oracle_pairs", "oracle_posterior")  # reads the k examples
     train_logs, notes = load_train_logs(config.train_logs)  # read early: a bad log fails fast
     checkpoint_runs = {}
     for name, run in config.checkpoint_runs.items():
@@ -192,7 +205,12 @@ def measure(config: EvalConfig, log: Callable[[str], None] = _log) -> tuple[dict
     ks = sorted({config.k, *(config.few_shot_k if primary_is_vlm else [])})
     pairs = unseen_pairs(data, users)
     examples = {k: few_shot_examples(pairs, k, config.example_seed) for k in ks}
-    embeddings = UserEmbeddings(users, examples, config.device)
+    population = None
+    if any(spec.get("source") == "oracle_posterior" for spec in specs.values()):
+        from pixpref.toyworld.users import load_users
+
+        population = [u for u in load_users(data / "users.json").users if u.split == "train"]
+    embeddings = UserEmbeddings(users, examples, config.device, population=population)
     scorer_spec = {"source": "vlm", "vlm": config.scorer_vlm, "pooling": config.scorer_pooling}
     if config.scorer:  # a scorer that records how it embeds users overrides the config
         from pixpref.scorer.api import user_encoder_spec

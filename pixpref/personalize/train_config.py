@@ -16,7 +16,7 @@ from pixpref.data.pairs import DataConfig
 from pixpref.errors import PixprefError, unknown_name
 from pixpref.personalize.losses import LOSSES
 
-USER_SOURCES = ("vlm", "oracle", "oracle_pairs")
+USER_SOURCES = ("vlm", "oracle", "oracle_pairs", "oracle_posterior")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 REPORT_TO = ("tensorboard", "wandb", "none")
 
@@ -33,16 +33,18 @@ class ModelSection:
 class UserSection:
     """source: "vlm" (PPD: the VLM reads k pairs), or in the toy world only "oracle" (the user's true
     utility weights, the upper bound) or "oracle_pairs" (the pixel oracle's reading of the same k pairs the
-    VLM sees: what a perfect perception of the examples could tell). cache: where per-chunk embeddings are
-    written/read."""
+    VLM sees: what a perfect perception of the examples could tell) or "oracle_posterior" (the Bayes posterior
+    mean of the training users' weights given the pixel oracle's reading of the k pairs: perfect perception plus
+    the population prior; a training user's own weights are left out of its prior). cache: where per-chunk
+    embeddings are written/read."""
 
-    source: Literal["vlm", "oracle", "oracle_pairs"] = "vlm"
+    source: Literal["vlm", "oracle", "oracle_pairs", "oracle_posterior"] = "vlm"
     vlm: str = "toy"
     pooling: Literal[
         "last_token_all_layers", "last_token_last_layer", "mean_last_layer", "image_contrast_all_layers"
     ] = "last_token_all_layers"
     generate_tokens: int = 0
-    users_file: str = ""  # toy world users.json (needed for source=oracle)
+    users_file: str = ""  # toy world users.json (needed for source=oracle and oracle_posterior)
     cache: str = ""  # default: <output_dir>/user_embeddings.safetensors
     encode_batch_size: int = 8
 

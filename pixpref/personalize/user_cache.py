@@ -32,6 +32,30 @@ def oracle_pair_embeddings(chunks: list, arrays: Any) -> dict[str, torch.Tensor]
             for c in chunks}
 
 
+def oracle_posterior_embeddings(chunks: list, arrays: Any, users_file: str | Path) -> dict[str, torch.Tensor]:
+    """cache key -> (1, W) posterior mean weights of each chunk's pairs over the *other* training users."""
+    import numpy as np
+
+    from pixpref.data.images import load_rgb
+    from pixpref.toyworld.users import load_users, pair_differences, posterior_weights
+
+    if not users_file:
+        raise PixprefError("user.source=oracle_posterior needs user.users_file (the toy world's users.json)")
+    train = [u for u in load_users(users_file).users if u.split == "train"]
+    ids = np.array([str(u.id) for u in train])
+    weights = np.stack([u.weights_vector() for u in train])
+    temps = np.array([u.temperature for u in train])
+    out = {}
+    for c in chunks:
+        pairs = arrays.pairs(c.indices)
+        diffs = pair_differences(np.stack([load_rgb(ch, where="chosen") for _, ch, _ in pairs]),
+                                 np.stack([load_rgb(rj, where="rejected") for _, _, rj in pairs]))
+        keep = ids != str(c.user_id)  # leave the user out of its own prior (unseen users are not in it either)
+        post = posterior_weights(diffs, weights[keep], temps[keep])
+        out[UserEmbeddingCache.key(c.user_id, c.chunk)] = torch.as_tensor(post, dtype=torch.float32)[None].contiguous()
+    return out
+
+
 def vlm_fingerprint(name_or_path: str | Path) -> str:
     """sha256 (16 hex digits) of a VLM folder's safetensors weights: a cache made by other weights under
     the same name (a retrained ``toy`` VLM) is stale."""
@@ -52,7 +76,8 @@ def cache_metadata(user_cfg: Any, arrays: Any, chunks: list) -> dict[str, str]:
     for c in chunks:
         pairs = [(int(arrays.index[r]), arrays.prompts[r]) for r in c.indices]
         digest.update(json.dumps([c.user_id, c.chunk, pairs]).encode())
-    source = {"oracle": user_cfg.users_file, "oracle_pairs": "pixel-oracle"}.get(user_cfg.source, user_cfg.vlm)
+    source = {"oracle": user_cfg.users_file, "oracle_pairs": "pixel-oracle",
+              "oracle_posterior": f"pixel-oracle+{user_cfg.users_file}"}.get(user_cfg.source, user_cfg.vlm)
     meta = {"source": user_cfg.source, "vlm": str(source), "pooling": user_cfg.pooling,
             "generate_tokens": str(user_cfg.generate_tokens), "chunks": digest.hexdigest()}
     if user_cfg.source == "vlm":
@@ -75,7 +100,7 @@ def check_cache(cache: UserEmbeddingCache, user_cfg: Any, arrays: Any, chunks: l
 def build_user_cache(user_cfg: Any, arrays: Any, chunks: list, path: Path, accelerator: Any = None) -> UserEmbeddingCache:
     """Encode every few-shot chunk once and write the cache to ``path`` (atomically)."""
     meta = cache_metadata(user_cfg, arrays, chunks)
-    if user_cfg.source in ("oracle", "oracle_pairs"):
+    if user_cfg.source in ("oracle", "oracle_pairs", "oracle_posterior"):
         if accelerator is not None and not accelerator.is_main_process:
             return None
         from safetensors.torch import save_file
@@ -84,6 +109,8 @@ def build_user_cache(user_cfg: Any, arrays: Any, chunks: list, path: Path, accel
 
         if user_cfg.source == "oracle_pairs":
             tensors = oracle_pair_embeddings(chunks, arrays)
+        elif user_cfg.source == "oracle_posterior":
+            tensors = oracle_posterior_embeddings(chunks, arrays, user_cfg.users_file)
         else:
             weights = oracle_embeddings(user_cfg.users_file)
             missing = sorted({c.user_id for c in chunks} - set(weights))

@@ -115,6 +115,36 @@ def examples_contrast(examples: Sequence) -> np.ndarray:
     return pair_contrast(chosen, rejected)
 
 
+def posterior_weights(differences: np.ndarray, weights: np.ndarray, temperatures: np.ndarray) -> np.ndarray:
+    """Bayes posterior mean of a population's weight vectors given k pairwise choices, ``(W,)``.
+
+    ``differences``: ``(k, W)`` basis(chosen) - basis(rejected) (:func:`pair_differences`); ``weights``:
+    ``(N, W)`` the population's weights (a uniform prior over its N users); ``temperatures``: ``(N,)`` their
+    Bradley-Terry temperatures. Likelihood of user n: prod_k sigmoid(d_k . w_n / t_n). What an encoder
+    trained on the population can infer about a new user from k pairs (the population prior included).
+    """
+    d, w = np.asarray(differences, dtype=np.float64), np.asarray(weights, dtype=np.float64)
+    t = np.asarray(temperatures, dtype=np.float64)
+    if d.ndim != 2 or w.ndim != 2 or d.shape[1] != w.shape[1] or t.shape != (w.shape[0],) or not len(w):
+        raise PixprefError(f"posterior_weights needs (k, W) differences, (N>=1, W) weights and (N,) temperatures, got "
+                           f"{d.shape}, {w.shape} and {t.shape}")
+    if not (t > 0).all():
+        raise PixprefError("posterior_weights: temperatures must be > 0")
+    margin = d @ w.T / t  # (k, N)
+    loglik = -np.logaddexp(0.0, -np.clip(margin, -60, 60)).sum(0)  # (N,) log prod sigmoid
+    post = np.exp(loglik - loglik.max())
+    return post @ w / post.sum()
+
+
+def examples_posterior(examples: Sequence, weights: np.ndarray, temperatures: np.ndarray) -> np.ndarray:
+    """:func:`posterior_weights` of (prompt, chosen, rejected) examples read by the pixel oracle."""
+    from pixpref.data.images import load_rgb
+
+    chosen = np.stack([load_rgb(c, where="chosen example") for _, c, _ in examples])
+    rejected = np.stack([load_rgb(r, where="rejected example") for _, _, r in examples])
+    return posterior_weights(pair_differences(chosen, rejected), weights, temperatures)
+
+
 def _features(x: Mapping[str, np.ndarray] | np.ndarray) -> Mapping[str, np.ndarray]:
     if isinstance(x, Mapping):
         missing = [f for f in USER_FEATURES if f not in x]
