@@ -36,8 +36,7 @@ def oracle_posterior_embeddings(chunks: list, arrays: Any, users_file: str | Pat
     """cache key -> (1, W) posterior mean weights of each chunk's pairs over the *other* training users."""
     import numpy as np
 
-    from pixpref.data.images import load_rgb
-    from pixpref.toyworld.users import load_users, pair_differences, posterior_weights
+    from pixpref.toyworld.users import examples_posterior, load_users
 
     if not users_file:
         raise PixprefError("user.source=oracle_posterior needs user.users_file (the toy world's users.json)")
@@ -47,11 +46,8 @@ def oracle_posterior_embeddings(chunks: list, arrays: Any, users_file: str | Pat
     temps = np.array([u.temperature for u in train])
     out = {}
     for c in chunks:
-        pairs = arrays.pairs(c.indices)
-        diffs = pair_differences(np.stack([load_rgb(ch, where="chosen") for _, ch, _ in pairs]),
-                                 np.stack([load_rgb(rj, where="rejected") for _, _, rj in pairs]))
         keep = ids != str(c.user_id)  # leave the user out of its own prior (unseen users are not in it either)
-        post = posterior_weights(diffs, weights[keep], temps[keep])
+        post = examples_posterior(arrays.pairs(c.indices), weights[keep], temps[keep])
         out[UserEmbeddingCache.key(c.user_id, c.chunk)] = torch.as_tensor(post, dtype=torch.float32)[None].contiguous()
     return out
 

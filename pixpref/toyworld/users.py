@@ -106,13 +106,19 @@ def pair_contrast(chosen: np.ndarray, rejected: np.ndarray) -> np.ndarray:
     return pair_differences(chosen, rejected).mean(0)
 
 
-def examples_contrast(examples: Sequence) -> np.ndarray:
-    """:func:`pair_contrast` of (prompt, chosen, rejected) examples; images as anything ``load_rgb`` reads."""
+def examples_differences(examples: Sequence) -> np.ndarray:
+    """:func:`pair_differences` of (prompt, chosen, rejected) examples, ``(k, W)``; images as anything
+    ``load_rgb`` reads."""
     from pixpref.data.images import load_rgb
 
     chosen = np.stack([load_rgb(c, where="chosen example") for _, c, _ in examples])
     rejected = np.stack([load_rgb(r, where="rejected example") for _, _, r in examples])
-    return pair_contrast(chosen, rejected)
+    return pair_differences(chosen, rejected)
+
+
+def examples_contrast(examples: Sequence) -> np.ndarray:
+    """:func:`pair_contrast` of (prompt, chosen, rejected) examples; images as anything ``load_rgb`` reads."""
+    return examples_differences(examples).mean(0)
 
 
 def posterior_weights(differences: np.ndarray, weights: np.ndarray, temperatures: np.ndarray) -> np.ndarray:
@@ -138,11 +144,7 @@ def posterior_weights(differences: np.ndarray, weights: np.ndarray, temperatures
 
 def examples_posterior(examples: Sequence, weights: np.ndarray, temperatures: np.ndarray) -> np.ndarray:
     """:func:`posterior_weights` of (prompt, chosen, rejected) examples read by the pixel oracle."""
-    from pixpref.data.images import load_rgb
-
-    chosen = np.stack([load_rgb(c, where="chosen example") for _, c, _ in examples])
-    rejected = np.stack([load_rgb(r, where="rejected example") for _, _, r in examples])
-    return posterior_weights(pair_differences(chosen, rejected), weights, temperatures)
+    return posterior_weights(examples_differences(examples), weights, temperatures)
 
 
 def _features(x: Mapping[str, np.ndarray] | np.ndarray) -> Mapping[str, np.ndarray]:
