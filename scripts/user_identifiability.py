@@ -64,16 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from pixpref.errors import PixprefError
-    from pixpref.toyworld.users import load_users
+    from pixpref.toyworld.users import load_users, training_prior
 
     data = Path(args.data)
     if not (data / "users.json").is_file():
         raise PixprefError(f"{data} is not a make-pairs folder (no users.json)")
     users_file = load_users(data / "users.json")
-    train = [u for u in users_file.users if u.split == "train"]
     weights = {str(u.id): u.weights_vector() for u in users_file.users}
-    train_w = np.stack([u.weights_vector() for u in train])
-    train_t = np.array([u.temperature for u in train])
+    _, train_w, train_t = training_prior(users_file.users)
     unseen = pair_differences(data, "unseen-*.parquet")
     result = {"data": str(data), "population": users_file.meta.get("population"),
               "by_k": {k: ceilings(unseen, weights, train_w, train_t, k) for k in args.k}}

@@ -33,9 +33,9 @@ class UserEmbeddings:
     """Embeddings of the evaluated users, per (embedding spec, k); each VLM is loaded once."""
 
     def __init__(self, users: list[Any], examples: dict[int, dict[str, list]], device: str = "cpu",
-                 population: list[Any] | None = None):
+                 prior: tuple[Any, Any] | None = None):
         self.users = users
-        self.population = population or []  # the training users: the prior of source "oracle_posterior"
+        self.prior = prior  # (weights, temperatures) of the training users: source "oracle_posterior"
         self.examples = examples  # k -> user id -> k examples
         self.device = device
         self._vlms: dict[str, tuple[Any, Any]] = {}
@@ -53,14 +53,11 @@ class UserEmbeddings:
             return torch.stack([torch.as_tensor(examples_contrast(self.examples[k][str(u.id)]), dtype=torch.float32)[None]
                                 for u in self.users])
         if spec.get("source") == "oracle_posterior":  # perfect perception of the k examples + the population prior
-            import numpy as np
-
             from pixpref.toyworld.users import examples_posterior
 
-            if not self.population:
+            if self.prior is None:
                 raise PixprefError("source oracle_posterior needs the training users (split 'train' in users.json)")
-            w = np.stack([u.weights_vector() for u in self.population])
-            t = np.array([u.temperature for u in self.population])
+            w, t = self.prior
             return torch.stack([torch.as_tensor(examples_posterior(self.examples[k][str(u.id)], w, t),
                                                 dtype=torch.float32)[None] for u in self.users])
         key = (spec["vlm"], spec["pooling"], int(spec.get("generate_tokens", 0)), k)
@@ -205,12 +202,12 @@ def measure(config: EvalConfig, log: Callable[[str], None] = _log) -> tuple[dict
     ks = sorted({config.k, *(config.few_shot_k if primary_is_vlm else [])})
     pairs = unseen_pairs(data, users)
     examples = {k: few_shot_examples(pairs, k, config.example_seed) for k in ks}
-    population = None
+    prior = None
     if any(spec.get("source") == "oracle_posterior" for spec in specs.values()):
-        from pixpref.toyworld.users import load_users
+        from pixpref.toyworld.users import load_users, training_prior
 
-        population = [u for u in load_users(data / "users.json").users if u.split == "train"]
-    embeddings = UserEmbeddings(users, examples, config.device, population=population)
+        prior = training_prior(load_users(data / "users.json").users)[1:]
+    embeddings = UserEmbeddings(users, examples, config.device, prior=prior)
     scorer_spec = {"source": "vlm", "vlm": config.scorer_vlm, "pooling": config.scorer_pooling}
     if config.scorer:  # a scorer that records how it embeds users overrides the config
         from pixpref.scorer.api import user_encoder_spec

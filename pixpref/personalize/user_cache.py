@@ -34,16 +34,11 @@ def oracle_pair_embeddings(chunks: list, arrays: Any) -> dict[str, torch.Tensor]
 
 def oracle_posterior_embeddings(chunks: list, arrays: Any, users_file: str | Path) -> dict[str, torch.Tensor]:
     """cache key -> (1, W) posterior mean weights of each chunk's pairs over the *other* training users."""
-    import numpy as np
-
-    from pixpref.toyworld.users import examples_posterior, load_users
+    from pixpref.toyworld.users import examples_posterior, load_users, training_prior
 
     if not users_file:
         raise PixprefError("user.source=oracle_posterior needs user.users_file (the toy world's users.json)")
-    train = [u for u in load_users(users_file).users if u.split == "train"]
-    ids = np.array([str(u.id) for u in train])
-    weights = np.stack([u.weights_vector() for u in train])
-    temps = np.array([u.temperature for u in train])
+    ids, weights, temps = training_prior(load_users(users_file).users)
     out = {}
     for c in chunks:
         keep = ids != str(c.user_id)  # leave the user out of its own prior (unseen users are not in it either)

@@ -142,6 +142,16 @@ def posterior_weights(differences: np.ndarray, weights: np.ndarray, temperatures
     return post @ w / post.sum()
 
 
+def training_prior(users: Sequence[User]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The prior of :func:`posterior_weights`: ids ``(N,)``, weights ``(N, W)`` and temperatures ``(N,)`` of the
+    users whose split is "train"."""
+    train = [u for u in users if u.split == "train"]
+    if not train:
+        raise PixprefError("no users with split 'train': the posterior needs a training population")
+    return (np.array([str(u.id) for u in train]), np.stack([u.weights_vector() for u in train]),
+            np.array([u.temperature for u in train]))
+
+
 def examples_posterior(examples: Sequence, weights: np.ndarray, temperatures: np.ndarray) -> np.ndarray:
     """:func:`posterior_weights` of (prompt, chosen, rejected) examples read by the pixel oracle."""
     return posterior_weights(examples_differences(examples), weights, temperatures)
