@@ -68,10 +68,10 @@ def toy_report(scorer, args) -> dict:
         from pixpref.scorer.api import user_encoder_spec
 
         # embed users the way this scorer was trained to read them (its user_encoder.json)
-        pooling = user_encoder_spec(args.model, {"pooling": ToyLabelConfig.user_pooling})["pooling"]
+        spec = user_encoder_spec(args.model, {"pooling": ToyLabelConfig.user_pooling})
         ucfg = ToyLabelConfig(seed=args.seed + 1, render_pairs=0, users=args.users, user_split="unseen",
                               pairs_per_user=args.user_pairs, user_encoder=args.user_encoder,
-                              user_pooling=pooling)
+                              user_pooling=spec["pooling"], user_head=spec.get("head", "toy"))
         upairs = make_pairs(ucfg, progress=True)
         if upairs.embeddings.shape[-1] != model.config.user_dim:
             report["personal_error"] = (f"user encoder width {upairs.embeddings.shape[-1]} != scorer user_dim "

@@ -212,6 +212,10 @@ def main(argv: list[str] | None = None) -> dict:
         from pixpref.personalize.user_cache import vlm_fingerprint
 
         data_key += " vlm_weights=" + vlm_fingerprint(cfg.data.user_encoder)
+        if cfg.data.user_pooling == "preference_head":
+            from pixpref.personalize.preference_head import head_fingerprint
+
+            data_key += " head=" + head_fingerprint(cfg.data.user_head)
     if pairs is not None and pairs.meta.get("data_config") == data_key:
         log(f"reusing {len(pairs)} labelled pairs from {cache}")
     else:
@@ -303,7 +307,7 @@ def main(argv: list[str] | None = None) -> dict:
 
             from pixpref.personalize.embeddings import write_user_encoder_spec
 
-            write_user_encoder_spec(saved, SimpleNamespace(source="vlm", vlm=cfg.data.user_encoder,
+            write_user_encoder_spec(saved, SimpleNamespace(source="vlm", vlm=cfg.data.user_encoder, head=cfg.data.user_head,
                                                            pooling=cfg.data.user_pooling, generate_tokens=0))
         (out / "val.json").write_text(json.dumps(result, indent=1))
         size = sum(f.stat().st_size for f in saved.iterdir()) / 1e6

@@ -174,11 +174,10 @@ class DemoEngine:
     def _scorer_user_encoder(self):
         with self._lock:
             if self._scorer_encoder is None:
-                from pixpref.personalize.user_encoder import UserEncoder, UserEncoderConfig
+                from pixpref.personalize.user_encoder import UserEncoder, config_from_spec
 
-                spec = self.scorer_user_spec()
-                self._scorer_encoder = UserEncoder.from_pretrained(
-                    spec["vlm"], UserEncoderConfig(vlm=spec["vlm"], pooling=spec["pooling"]))
+                config = config_from_spec(self.scorer_user_spec())
+                self._scorer_encoder = UserEncoder.from_pretrained(config.vlm, config)
         return self._scorer_encoder
 
     def scorer_user_spec(self) -> dict[str, Any]:

@@ -60,17 +60,16 @@ class UserEmbeddings:
             w, t = self.prior
             return torch.stack([torch.as_tensor(examples_posterior(self.examples[k][str(u.id)], w, t),
                                                 dtype=torch.float32)[None] for u in self.users])
-        key = (spec["vlm"], spec["pooling"], int(spec.get("generate_tokens", 0)), k)
+        key = (spec["vlm"], spec["pooling"], int(spec.get("generate_tokens", 0)), spec.get("head", "toy"), k)
         if key not in self._cache:
-            from pixpref.personalize.user_encoder import UserEncoder, UserEncoderConfig
+            from pixpref.personalize.user_encoder import UserEncoder, config_from_spec
 
             if spec["vlm"] not in self._vlms:
                 from pixpref.models.vlm import load_vlm
 
                 self._vlms[spec["vlm"]] = load_vlm(spec["vlm"], dtype=torch.float32, device=self.device)
             model, processor = self._vlms[spec["vlm"]]
-            config = UserEncoderConfig(vlm=spec["vlm"], pooling=spec["pooling"], generate_tokens=key[2],
-                                       max_pairs=max(8, k))
+            config = config_from_spec(spec, max_pairs=max(8, k))
             encoder = UserEncoder(model, processor, config)
             self._cache[key] = encoder.encode([self.examples[k][str(u.id)] for u in self.users])
         return self._cache[key]

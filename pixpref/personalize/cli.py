@@ -23,21 +23,25 @@ def _cmd_embed_user(args: argparse.Namespace) -> int:
     from pixpref.personalize.user_encoder import UserEncoder, UserEncoderConfig
 
     check_output_path(args.out, args.overwrite)
-    pooling = args.pooling
-    if pooling is None:  # the pooling the adapter that will read this profile was trained with
+    pooling, head = args.pooling, args.head
+    if pooling is None:  # the pooling (and head) the adapter that will read this profile was trained with
         from pathlib import Path
 
         from pixpref.personalize.embeddings import read_user_encoder_spec
         from pixpref.personalize.pipeline import SHIPPED_ADAPTERS, shipped_adapter_dir
 
         folder = shipped_adapter_dir(args.adapter) if args.adapter in SHIPPED_ADAPTERS else Path(args.adapter)
-        pooling = read_user_encoder_spec(folder)["pooling"]
+        spec = read_user_encoder_spec(folder)
+        pooling, head = spec["pooling"], head or spec.get("head")
     args.pooling = pooling
-    config = UserEncoderConfig(vlm=args.vlm, pooling=pooling, max_pairs=args.max_pairs)
+    config = UserEncoderConfig(vlm=args.vlm, pooling=pooling, head=head or "toy", max_pairs=args.max_pairs)
     pairs = read_user_pairs(args.pairs, image_size=args.image_size)
     encoder = UserEncoder.from_pretrained(args.vlm, config)
     emb = encoder.encode_one(pairs)
-    save_user_embedding(args.out, emb, {"vlm": args.vlm, "pooling": args.pooling, "num_pairs": len(pairs)})
+    meta = {"vlm": args.vlm, "pooling": args.pooling, "num_pairs": len(pairs)}
+    if pooling == "preference_head":
+        meta["head"] = config.head
+    save_user_embedding(args.out, emb, meta)
     print(json.dumps({"out": str(args.out), "shape": list(emb.shape), "pairs": len(pairs)}))
     return 0
 
@@ -55,6 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--vlm", default="toy", help="'toy' (shipped) or a local VLM folder")
     p.add_argument("--pooling", default=None, choices=POOLINGS,
                    help="how hidden states become user tokens (default: what --adapter was trained with)")
+    p.add_argument("--head", default=None,
+                   help="pooling preference_head: the head, 'toy' or a folder (default: what --adapter was trained with)")
     p.add_argument("--adapter", default="dpo", help="the adapter that will read this profile: dpo, inpo or a folder")
     p.add_argument("--max-pairs", type=int, default=8, help="most examples read in one prompt")
     p.add_argument("--image-size", type=int, default=32, help="images are resized to this (toy: 32)")

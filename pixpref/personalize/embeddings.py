@@ -168,6 +168,8 @@ def write_user_encoder_spec(directory: str | Path, user_cfg: Any) -> Path:
     """Record beside an adapter which user embeddings it reads (source, VLM, pooling)."""
     spec = {"source": user_cfg.source, "vlm": user_cfg.vlm, "pooling": user_cfg.pooling,
             "generate_tokens": user_cfg.generate_tokens}
+    if user_cfg.pooling == "preference_head":
+        spec["head"] = user_cfg.head
     path = Path(directory) / USER_ENCODER_SPEC
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(spec, indent=1) + "\n")

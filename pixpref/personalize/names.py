@@ -1,6 +1,7 @@
 """Names the personalization modules validate against (kept import-light for the CLI)."""
 
-POOLINGS = ("last_token_all_layers", "last_token_last_layer", "mean_last_layer", "image_contrast_all_layers")
+POOLINGS = ("last_token_all_layers", "last_token_last_layer", "mean_last_layer", "image_contrast_all_layers",
+            "preference_head")
 # How the user branch meets classifier-free guidance (the UNet batch is [unconditional; conditional]):
 #   "joint": the user branch is off in the unconditional half, so guidance amplifies text *and* user
 #            together, eps = eps(no text, no user) + g * (eps(text, user) - eps(no text, no user))

@@ -89,15 +89,14 @@ class PersonalizedSampler:
     def encoder(self):
         """The user encoder (VLM), loaded on first use."""
         if self._encoder is None:
-            from pixpref.personalize.user_encoder import UserEncoder, UserEncoderConfig
+            from pixpref.personalize.user_encoder import UserEncoder, config_from_spec
 
             spec = self.encoder_spec or read_user_encoder_spec("")
             if spec.get("source", "vlm") != "vlm":
                 raise PixprefError(f"this adapter was trained on {spec['source']!r} embeddings, not on a VLM's; "
                                    "pass a user embedding of that kind instead of examples")
-            config = UserEncoderConfig(vlm=spec["vlm"], pooling=spec["pooling"],
-                                       generate_tokens=int(spec.get("generate_tokens", 0)))
-            self._encoder = UserEncoder.from_pretrained(spec["vlm"], config)
+            config = config_from_spec(spec)
+            self._encoder = UserEncoder.from_pretrained(config.vlm, config)
         return self._encoder
 
     def embed_user(self, pairs) -> torch.Tensor:

@@ -41,8 +41,10 @@ class UserSection:
     source: Literal["vlm", "oracle", "oracle_pairs", "oracle_posterior"] = "vlm"
     vlm: str = "toy"
     pooling: Literal[
-        "last_token_all_layers", "last_token_last_layer", "mean_last_layer", "image_contrast_all_layers"
+        "last_token_all_layers", "last_token_last_layer", "mean_last_layer", "image_contrast_all_layers",
+        "preference_head",
     ] = "last_token_all_layers"
+    head: str = "toy"  # pooling=preference_head: the preference head (shipped name or folder)
     generate_tokens: int = 0
     users_file: str = ""  # toy world users.json (needed for source=oracle and oracle_posterior)
     cache: str = ""  # default: <output_dir>/user_embeddings.safetensors

@@ -47,6 +47,23 @@ def oracle_posterior_embeddings(chunks: list, arrays: Any, users_file: str | Pat
     return out
 
 
+@torch.no_grad()
+def head_chunk_embeddings(encoder: Any, chunks: list, arrays: Any, progress: bool = True) -> dict[str, torch.Tensor]:
+    """cache key -> (1, E) preference-head embedding of each chunk; the VLM reads every pair once (chunks of
+    one user share pairs), which equals encoding each chunk alone."""
+    from tqdm.auto import tqdm
+
+    rows = sorted({int(r) for c in chunks for r in c.indices})
+    step = 64 * encoder.config.batch_size
+    readings = torch.cat([encoder.read_pairs(arrays.pairs(rows[s:s + step]))
+                          for s in tqdm(range(0, len(rows), step), desc=f"VLM reads {len(rows)} pairs",
+                                        disable=not progress)])
+    evidence = encoder.head.evidence(readings[:, 0], readings[:, 1]).cpu()
+    where = {r: i for i, r in enumerate(rows)}
+    return {UserEmbeddingCache.key(c.user_id, c.chunk):
+            encoder.head.cpu()(evidence[[where[int(r)] for r in c.indices]][None])[0].contiguous() for c in chunks}
+
+
 def vlm_fingerprint(name_or_path: str | Path) -> str:
     """sha256 (16 hex digits) of a VLM folder's safetensors weights: a cache made by other weights under
     the same name (a retrained ``toy`` VLM) is stale."""
@@ -73,6 +90,10 @@ def cache_metadata(user_cfg: Any, arrays: Any, chunks: list) -> dict[str, str]:
             "generate_tokens": str(user_cfg.generate_tokens), "chunks": digest.hexdigest()}
     if user_cfg.source == "vlm":
         meta["vlm_weights"] = vlm_fingerprint(user_cfg.vlm)
+        if user_cfg.pooling == "preference_head":
+            from pixpref.personalize.preference_head import head_fingerprint
+
+            meta["head"] = f"{user_cfg.head}:{head_fingerprint(user_cfg.head)}"
     return meta
 
 
@@ -88,16 +109,22 @@ def check_cache(cache: UserEmbeddingCache, user_cfg: Any, arrays: Any, chunks: l
     return cache
 
 
+def _write_cache(tensors: dict[str, torch.Tensor], meta: dict[str, str], path: Path) -> UserEmbeddingCache:
+    from safetensors.torch import save_file
+
+    from pixpref.io_utils import atomic_path
+
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return UserEmbeddingCache(tensors, meta)
+
+
 def build_user_cache(user_cfg: Any, arrays: Any, chunks: list, path: Path, accelerator: Any = None) -> UserEmbeddingCache:
     """Encode every few-shot chunk once and write the cache to ``path`` (atomically)."""
     meta = cache_metadata(user_cfg, arrays, chunks)
     if user_cfg.source in ("oracle", "oracle_pairs", "oracle_posterior"):
         if accelerator is not None and not accelerator.is_main_process:
             return None
-        from safetensors.torch import save_file
-
-        from pixpref.io_utils import atomic_path
-
         if user_cfg.source == "oracle_pairs":
             tensors = oracle_pair_embeddings(chunks, arrays)
         elif user_cfg.source == "oracle_posterior":
@@ -109,16 +136,20 @@ def build_user_cache(user_cfg: Any, arrays: Any, chunks: list, path: Path, accel
                 raise PixprefError(f"users {missing[:5]} have pairs but are not in {user_cfg.users_file}")
             tensors = {UserEmbeddingCache.key(c.user_id, c.chunk): weights[c.user_id].clone().contiguous()
                        for c in chunks}
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
-        return UserEmbeddingCache(tensors, meta)
+        return _write_cache(tensors, meta, path)
 
     from pixpref.personalize.user_encoder import UserEncoder, UserEncoderConfig
 
-    enc_cfg = UserEncoderConfig(vlm=user_cfg.vlm, pooling=user_cfg.pooling, generate_tokens=user_cfg.generate_tokens,
+    enc_cfg = UserEncoderConfig(vlm=user_cfg.vlm, pooling=user_cfg.pooling, head=user_cfg.head,
+                                generate_tokens=user_cfg.generate_tokens,
                                 max_pairs=max(8, max(len(c.indices) for c in chunks)),
                                 batch_size=user_cfg.encode_batch_size)
     device = accelerator.device if accelerator is not None else "cpu"
+    if user_cfg.pooling == "preference_head":  # per-pair readings: cheap, so the main process makes them all
+        if accelerator is not None and not accelerator.is_main_process:
+            return None
+        encoder = UserEncoder.from_pretrained(user_cfg.vlm, enc_cfg, device=str(device))
+        return _write_cache(head_chunk_embeddings(encoder, chunks, arrays), meta, path)
     encoder = UserEncoder.from_pretrained(user_cfg.vlm, enc_cfg, device=str(device))
     items = [(c.user_id, c.chunk, arrays.pairs(c.indices)) for c in chunks]
     return precompute_cache(encoder, items, path, meta, accelerator=accelerator if accelerator and accelerator.num_processes > 1 else None)

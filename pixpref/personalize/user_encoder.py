@@ -12,6 +12,10 @@ to describe the user's preference. The embedding is taken from the hidden states
                                       per layer, the mean over pairs of (mean hidden state of the
                                       preferred image's tokens - that of the dispreferred image's)
                                       -> (L + 1, D): which way the user's choices point, per layer
+    pooling="preference_head"         each pair read alone (as shown and swapped), then a trained
+                                      preference head (``head``, pixpref.personalize.preference_head)
+                                      turns the per-pair evidence into a posterior over taste
+                                      prototypes -> (1, E): the population prior, not just the mean
 
 With ``generate_tokens > 0`` the VLM first writes that many tokens greedily (PPD lets it write the
 profile) and the last generated position is used; 0 uses the end of the prompt (cheaper).
@@ -44,8 +48,10 @@ class UserEncoderConfig:
 
     vlm: str = "toy"  # "toy" (shipped) or a local VLM folder
     pooling: Literal[
-        "last_token_all_layers", "last_token_last_layer", "mean_last_layer", "image_contrast_all_layers"
+        "last_token_all_layers", "last_token_last_layer", "mean_last_layer", "image_contrast_all_layers",
+        "preference_head",
     ] = "last_token_all_layers"
+    head: str = "toy"  # pooling="preference_head": a shipped head name or a folder (ignored otherwise)
     generate_tokens: int = 0  # >0: write this many tokens greedily first (PPD), use the last one
     max_pairs: int = 8  # a prompt holds at most this many pairs
     batch_size: int = 8  # users per VLM forward
@@ -55,12 +61,19 @@ class UserEncoderConfig:
             raise unknown_name("pooling", self.pooling, POOLINGS)
         if self.generate_tokens < 0:
             raise PixprefError(f"generate_tokens must be >= 0, got {self.generate_tokens}")
-        if self.generate_tokens and self.pooling == "image_contrast_all_layers":
-            raise PixprefError("pooling image_contrast_all_layers reads the prompt's image tokens; set generate_tokens: 0")
+        if self.generate_tokens and self.pooling in ("image_contrast_all_layers", "preference_head"):
+            raise PixprefError(f"pooling {self.pooling} reads the prompt's image tokens; set generate_tokens: 0")
         if self.max_pairs < 1:
             raise PixprefError(f"max_pairs must be >= 1, got {self.max_pairs}")
         if self.batch_size < 1:
             raise PixprefError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+def config_from_spec(spec: dict[str, Any], **overrides: Any) -> UserEncoderConfig:
+    """The encoder settings an adapter's user_encoder.json (or a saved embedding's metadata) records."""
+    kwargs = {"vlm": str(spec.get("vlm", "toy")), "pooling": spec.get("pooling", "last_token_all_layers"),
+              "generate_tokens": int(spec.get("generate_tokens", 0)), "head": str(spec.get("head", "toy"))}
+    return UserEncoderConfig(**(kwargs | overrides))
 
 
 def _pair_fields(pair: Any) -> tuple[str, Any, Any]:
@@ -149,6 +162,7 @@ class UserEncoder:
         self.config = config or UserEncoderConfig()
         tok = processor.tokenizer
         self.image_token = getattr(processor, "image_token", None) or getattr(tok, "image_token", "<image>")
+        self._head = None
 
     @classmethod
     def from_pretrained(
@@ -166,32 +180,80 @@ class UserEncoder:
         return next(self.model.parameters()).device
 
     @property
+    def head(self):
+        """The preference head (pooling="preference_head"), loaded on first use."""
+        if self._head is None:
+            from pixpref.personalize.preference_head import PreferenceHead
+
+            self._head = PreferenceHead.from_pretrained(self.config.head).to(self.device)
+            want = (self.model.config.get_text_config().num_hidden_layers + 1) * self.model.config.get_text_config().hidden_size
+            if self._head.config.reading_dim != want:
+                raise PixprefError(f"preference head {self.config.head!r} reads {self._head.config.reading_dim}-wide "
+                                   f"readings but this VLM gives {want}; train a head on this VLM")
+        return self._head
+
+    @property
     def num_tokens(self) -> int:
         """Tokens per user for the configured pooling."""
+        if self.config.pooling == "preference_head":
+            return 1
         if self.config.pooling in ("last_token_all_layers", "image_contrast_all_layers"):
             return self.model.config.get_text_config().num_hidden_layers + 1
         return 1
 
     @property
     def embed_dim(self) -> int:
+        if self.config.pooling == "preference_head":
+            return self.head.config.evidence_dim
         return self.model.config.get_text_config().hidden_size
+
+    @torch.no_grad()
+    def read_pairs(self, pairs: Sequence[Any]) -> torch.Tensor:
+        """Each example read alone, as shown and with its images swapped -> (N, 2, L + 1, D) image contrasts
+        (the preference head's input; cacheable per pair)."""
+        if len(pairs) == 0:
+            raise PixprefError("read_pairs() needs at least one pairwise example; got zero pairs")
+        fields_ = [_pair_fields(p) for p in pairs]
+        prompts = [[(p, c, r)] for p, c, r in fields_] + [[(p, r, c)] for p, c, r in fields_]
+        bs = self.config.batch_size
+        out = torch.cat([self._encode_batch(prompts[s:s + bs], offset=s, pooling="image_contrast_all_layers")
+                         for s in range(0, len(prompts), bs)])
+        return torch.stack([out[:len(pairs)], out[len(pairs):]], dim=1)
 
     @torch.no_grad()
     def encode(self, users: Sequence[Sequence[Any]]) -> torch.Tensor:
         """Encode several users' examples -> (num_users, T, D) float32 on CPU."""
         if len(users) == 0:
             raise PixprefError("encode() needs at least one user; got an empty list")
+        if self.config.pooling == "preference_head":
+            return self._encode_with_head(users)
         out = []
         bs = self.config.batch_size
         for start in range(0, len(users), bs):
             out.append(self._encode_batch(users[start:start + bs], offset=start))
         return torch.cat(out)
 
+    def _encode_with_head(self, users: Sequence[Sequence[Any]]) -> torch.Tensor:
+        for i, pairs in enumerate(users):
+            if len(pairs) == 0:
+                raise PixprefError(f"user {i}: a user needs at least one pairwise example; got zero pairs")
+        readings = self.read_pairs([p for pairs in users for p in pairs]).to(self.device)
+        evidence = self.head.evidence(readings[:, 0], readings[:, 1])  # (total pairs, E)
+        out, start = [], 0
+        for pairs in users:
+            out.append(self.head(evidence[None, start:start + len(pairs)]))
+            start += len(pairs)
+        emb = torch.cat(out).float().cpu()
+        if not torch.isfinite(emb).all():
+            raise PixprefError("the VLM produced NaN/inf hidden states; check the model weights and dtype")
+        return emb
+
     def encode_one(self, pairs: Sequence[Any]) -> torch.Tensor:
         """One user's examples -> (T, D)."""
         return self.encode([pairs])[0]
 
-    def _encode_batch(self, users: Sequence[Sequence[Any]], offset: int) -> torch.Tensor:
+    def _encode_batch(self, users: Sequence[Sequence[Any]], offset: int, pooling: str | None = None) -> torch.Tensor:
+        pooling = pooling or self.config.pooling
         texts, images = [], []
         for i, pairs in enumerate(users):
             if len(pairs) > self.config.max_pairs:
@@ -214,7 +276,7 @@ class UserEncoder:
             tok.padding_side = old_side
         dtype = next(self.model.parameters()).dtype
         inputs = {k: (v.to(self.device, dtype) if k == "pixel_values" else v.to(self.device)) for k, v in inputs.items()}
-        if self.config.generate_tokens > 0:
+        if self.config.generate_tokens > 0 and pooling != "image_contrast_all_layers":
             gen = self.model.generate(
                 **inputs, max_new_tokens=self.config.generate_tokens, do_sample=False,
                 output_hidden_states=True, return_dict_in_generate=True,
@@ -227,13 +289,13 @@ class UserEncoder:
             # positions count only real tokens, so a left-padded row equals the same user encoded alone
             position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
             hidden = self.model(**inputs, position_ids=position_ids, output_hidden_states=True).hidden_states
-            if self.config.pooling == "image_contrast_all_layers":
+            if pooling == "image_contrast_all_layers":
                 image_mask = inputs["input_ids"] == self.model.config.image_token_id
                 emb = image_contrast(hidden, image_mask, [len(ims) for ims in images]).float().cpu()
                 if not torch.isfinite(emb).all():
                     raise PixprefError("the VLM produced NaN/inf hidden states; check the model weights and dtype")
                 return emb
-        emb = pool_hidden_states(hidden, mask, self.config.pooling).float().cpu()
+        emb = pool_hidden_states(hidden, mask, pooling).float().cpu()
         if not torch.isfinite(emb).all():
             raise PixprefError("the VLM produced NaN/inf hidden states; check the model weights and dtype")
         return emb

@@ -130,6 +130,7 @@ class ToyLabelConfig:
     # how the VLM's hidden states become user tokens (pixpref.personalize.user_encoder.POOLINGS); recorded in
     # the saved scorer's user_encoder.json so callers embed users the same way
     user_pooling: str = "last_token_all_layers"
+    user_head: str = "toy"  # user_pooling=preference_head: the preference head (shipped name or folder)
 
     def __post_init__(self) -> None:
         from pixpref.personalize.user_encoder import POOLINGS
@@ -430,7 +431,7 @@ def sample_pool(cfg: ToyLabelConfig, progress: bool = False) -> Any:
 # -------------------------------------------------------------------------------------- personal pairs
 
 
-def user_embedder(name: str, pooling: str = "last_token_all_layers") -> Any:
+def user_embedder(name: str, pooling: str = "last_token_all_layers", head: str = "toy") -> Any:
     """``name`` -> callable(users, contexts) -> (U, T, D) float32 array. ``oracle``: true weight vectors."""
     if name == "oracle":
         def oracle(users: list[Any], contexts: list[list[tuple]]) -> np.ndarray:
@@ -439,7 +440,7 @@ def user_embedder(name: str, pooling: str = "last_token_all_layers") -> Any:
         return oracle
     from pixpref.personalize.user_encoder import UserEncoder, UserEncoderConfig
 
-    encoder = UserEncoder.from_pretrained(name, UserEncoderConfig(vlm=name, pooling=pooling))
+    encoder = UserEncoder.from_pretrained(name, UserEncoderConfig(vlm=name, pooling=pooling, head=head))
 
     def vlm(users: list[Any], contexts: list[list[tuple]]) -> np.ndarray:
         return encoder.encode(contexts).numpy().astype(np.float32)
@@ -464,7 +465,7 @@ def make_personal_pairs(cfg: ToyLabelConfig, embed: Any = None, progress: bool =
     users = [u for u in population if u.split == cfg.user_split]
     if not users:
         raise PixprefError(f"the population of {cfg.users} users has no {cfg.user_split!r} users")
-    embed = embed or user_embedder(cfg.user_encoder, cfg.user_pooling)
+    embed = embed or user_embedder(cfg.user_encoder, cfg.user_pooling, cfg.user_head)
     k = cfg.context_pairs
     rows_all, contexts, owners = [], [], []
     for user in tqdm(users, desc="user pairs", disable=not progress):
