@@ -173,3 +173,27 @@ def test_nonfinite_steps_are_skipped_then_abort(assets, cache, tmp_path):
     assert [e["skipped"] for e in log[1:]] == [True, True] and log[-1]["skipped_steps"] == 2
     assert "step 2: non-finite loss or gradient, step skipped" in res.stdout + res.stderr
     assert not (out / "adapter").exists()
+
+
+def test_preference_head_trains_then_conditions_the_adapter(assets, tmp_path):
+    """train/train_preference_head.py on the tiny VLM's readings, then train_ppd.py with pooling preference_head."""
+    head_out = tmp_path / "head"
+    cmd = [sys.executable, str(REPO / "train" / "train_preference_head.py"), "--config",
+           str(REPO / "configs" / "toy" / "preference_head.yaml"), "--set", f"vlm={assets['vlm']}",
+           "--set", f"data.path={assets['data']}", "--set", "data.image_size=16", "--set", "eval_data=",
+           "--set", "readings_cache=", "--set", f"output_dir={head_out}", "--set", "train.steps=20",
+           "--set", "train.val_every=10", "--set", "train.max_context=4", "--set", "train.queries=4",
+           "--set", "train.val_fraction=0.34", "--set", "head.evidence_dim=6", "--set", "head.num_prototypes=4"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = json.loads((head_out / "metrics.json").read_text())
+    assert 0.0 <= metrics["val_acc_k4"] <= 1.0 and metrics["best_step"] in (10, 20)
+    assert (head_out / "readings.safetensors").is_file()
+    out = tmp_path / "run"
+    res = _train(assets, out, "--set", "user.pooling=preference_head", "--set", f"user.head={head_out / 'preference_head'}",
+                 max_steps=2, validate_every=0)
+    assert res.returncode == 0, res.stderr[-3000:]
+    spec = json.loads((out / "adapter" / "user_encoder.json").read_text())
+    assert spec["pooling"] == "preference_head" and spec["head"] == str(head_out / "preference_head")
+    cache = load_file(str(out / "user_embeddings.safetensors"))
+    assert cache and all(v.shape == (1, 6) for v in cache.values())

@@ -91,12 +91,21 @@ class TrainScorerConfig:
 
 
 def init_model(cfg: TrainScorerConfig) -> ScorerModel:
-    """The model of a saved scorer (``train.init_from``), refused when its config differs from ``model``."""
+    """The model of a saved scorer (``train.init_from``), refused when its config differs from ``model``, except
+    in ``user_dim`` (a new user encoder): then every weight but the user projection's is carried over."""
     from pixpref.scorer.api import PreferenceScorer
 
     model = PreferenceScorer.from_pretrained(cfg.train.init_from).model
     saved, wanted = to_dict(model.config), to_dict(cfg.model)
     differ = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+    if differ == ["user_dim"]:
+        fresh = ScorerModel.from_config(cfg.model)
+        own = fresh.state_dict()
+        keep = {k: v for k, v in model.state_dict().items() if k in own and own[k].shape == v.shape}
+        fresh.load_state_dict(keep, strict=False)
+        print(f"train.init_from {cfg.train.init_from}: user_dim {saved['user_dim']} -> {wanted['user_dim']}; "
+              f"fresh: {sorted(set(own) - set(keep))}")
+        return fresh
     if differ:
         raise PixprefError(
             f"train.init_from {cfg.train.init_from}: its model config differs in {', '.join(differ)} "

@@ -167,7 +167,7 @@ class DemoEngine:
             weights = sorted(folder.glob("*.safetensors"))
             digest = ",".join(_file_digest(p) for p in weights) or "none"
             spec = self.sampler.encoder_spec or {}
-            self._fingerprint = (f"base={cfg.base};adapter={digest};vlm={spec.get('vlm')}:{spec.get('pooling')};"
+            self._fingerprint = (f"base={cfg.base};adapter={digest};vlm={spec.get('vlm')}:{spec.get('pooling')}:{spec.get('head', '')};"
                                  f"scorer_vlm={cfg.scorer_user_encoder}")
         return self._fingerprint
 
