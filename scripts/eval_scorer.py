@@ -41,7 +41,8 @@ def toy_report(scorer, args) -> dict:
     scores = score_pairs(model, pairs, dims)
     # plain CLIP: the backbone as it was before the scorer's training (fine-tuned blocks not used)
     clip = score_pairs(plain_clip_model(model), pairs, dims, clip_baseline=True)
-    report: dict = {"temperature": cfg.temperature, "tie_margin": cfg.tie_margin, "sources": {}}
+    report: dict = {"temperature": cfg.temperature, "tie_margin": cfg.tie_margin,
+                    "crisp_sharpness": cfg.crisp_sharpness, "sources": {}}
     for source in ("render", "model"):
         mask = np.array([s == source for s in pairs.sources])
         if not mask.any():
@@ -88,7 +89,8 @@ def toy_report(scorer, args) -> dict:
 
 def print_report(report: dict) -> None:
     for source, block in report.get("sources", {}).items():
-        print(f"\n{source} pairs (temperature {report['temperature']}, tie margin {report['tie_margin']})")
+        print(f"\n{source} pairs (temperature {report['temperature']}, tie margin {report['tie_margin']}, "
+              f"crisp sharpness {report.get('crisp_sharpness')})")
         print(f"{'dimension':<12}{'n':>6}{'accuracy':>10}{'ceiling':>9}{'vs oracle':>11}{'CLIP':>8}{'target':>8}")
         for d, r in block["scorer"].items():
             target = TARGETS.get(d)

@@ -33,6 +33,26 @@ def test_blur_and_noise_lower_detail_only():
     assert (u["alignment"] == 1.0).all()  # still a red circle
 
 
+def test_crisp_renders_tie_on_detail_and_blur_still_counts():
+    """Crisp renders of different styles differ only by the blur fit's scatter, which the crisp floor absorbs;
+    without the floor (crisp_sharpness=1) some pairs of them are decided on detail by that scatter alone."""
+    rng = np.random.default_rng(0)
+    from pixpref.toyworld.scene import sample_scene
+
+    scenes = [sample_scene(rng, combos="all") for _ in range(60)]
+    images = np.stack([render(s, 32, np.random.default_rng(i)) for i, s in enumerate(scenes)])
+    prompts = [s.prompt(0) for s in scenes]
+    floored = oracle_utilities(images, prompts)["detail"]
+    raw = oracle_utilities(images, prompts, crisp_sharpness=1.0)["detail"]
+    tie = ToyLabelConfig.tie_margin
+    assert np.mean(np.abs(floored[::2] - floored[1::2]) < tie) >= 0.9
+    assert np.mean(np.abs(raw[::2] - raw[1::2]) < tie) < np.mean(np.abs(floored[::2] - floored[1::2]) < tie)
+    blurred = np.stack([render(s.replace(blur=0.5), 32, np.random.default_rng(i)) for i, s in enumerate(scenes)])
+    assert (oracle_utilities(blurred, prompts)["detail"] < floored - tie).mean() >= 0.9  # 0.5 px still costs
+    with pytest.raises(PixprefError, match="crisp_sharpness"):
+        oracle_utilities(images[:1], prompts[:1], crisp_sharpness=0.0)
+
+
 def test_wrong_colour_or_shape_lowers_alignment():
     u = utilities(BASE, BASE.replace(colour="blue"), BASE.replace(shape="square"),
                   BASE.replace(colour="blue", shape="square"))

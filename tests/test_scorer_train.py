@@ -97,6 +97,21 @@ def test_init_from_continues_a_saved_scorer_and_refuses_another_config(run, tmp_
                      "--set", f"train.init_from={out / 'scorer'}", "--set", "model.cross_layers=1"])
 
 
+def test_init_from_may_unfreeze_the_whole_backbone(run, tmp_path):
+    """A fine-tune may change which backbone parts train: every weight is carried over, all of it trains."""
+    script, out, _ = run
+    saved = PreferenceScorer.from_pretrained(out / "scorer").model
+    args = [a for o in overrides(str(out.parent / "clip.json"), tmp_path / "all", steps=1) for a in ("--set", o)]
+    cfg = load_config(REPO / "configs/scorer/train_toy.yaml", script.TrainScorerConfig,
+                      [*args[1::2], f"train.init_from={out / 'scorer'}", "model.freeze_backbone=false",
+                       "model.unfreeze_last_blocks=0"])
+    model = script.init_model(cfg)
+    assert all(p.requires_grad for n, p in model.clip.named_parameters() if n != "logit_scale")
+    theirs = saved.state_dict()
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, theirs[name]), name
+
+
 def test_config_errors_list_valid_options(run):
     script, _, _ = run
     path = REPO / "configs/scorer/train_toy.yaml"

@@ -90,28 +90,33 @@ class TrainScorerConfig:
     train: TrainSection = field(default_factory=TrainSection)
 
 
+# model-config keys a fine-tune (train.init_from) may change; any other difference is refused
+CARRY_OVER_KEYS = {"user_dim", "freeze_backbone", "unfreeze_last_blocks"}
+
+
 def init_model(cfg: TrainScorerConfig) -> ScorerModel:
     """The model of a saved scorer (``train.init_from``), refused when its config differs from ``model``, except
-    in ``user_dim`` (a new user encoder): then every weight but the user projection's is carried over."""
+    in :data:`CARRY_OVER_KEYS`: a new ``user_dim`` (a new user encoder; every weight but the user projection's is
+    carried over) and which backbone parts train (all weights carried over, trainability from ``model``)."""
     from pixpref.scorer.api import PreferenceScorer
 
     model = PreferenceScorer.from_pretrained(cfg.train.init_from).model
     saved, wanted = to_dict(model.config), to_dict(cfg.model)
     differ = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
-    if differ == ["user_dim"]:
+    if not differ:
+        return model
+    if set(differ) <= CARRY_OVER_KEYS:
         fresh = ScorerModel.from_config(cfg.model)
         own = fresh.state_dict()
         keep = {k: v for k, v in model.state_dict().items() if k in own and own[k].shape == v.shape}
         fresh.load_state_dict(keep, strict=False)
-        print(f"train.init_from {cfg.train.init_from}: user_dim {saved['user_dim']} -> {wanted['user_dim']}; "
-              f"fresh: {sorted(set(own) - set(keep))}")
+        changes = ", ".join(f"{k} {saved.get(k)} -> {wanted.get(k)}" for k in differ)
+        print(f"train.init_from {cfg.train.init_from}: {changes}; fresh: {sorted(set(own) - set(keep)) or 'none'}")
         return fresh
-    if differ:
-        raise PixprefError(
-            f"train.init_from {cfg.train.init_from}: its model config differs in {', '.join(differ)} "
-            f"(saved: { {k: saved.get(k) for k in differ} })"
-        )
-    return model
+    raise PixprefError(
+        f"train.init_from {cfg.train.init_from}: its model config differs in {', '.join(differ)} "
+        f"(saved: { {k: saved.get(k) for k in differ} }); only {', '.join(sorted(CARRY_OVER_KEYS))} may change"
+    )
 
 
 class PairLoss(torch.nn.Module):

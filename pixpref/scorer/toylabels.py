@@ -6,7 +6,9 @@ Each text dimension has an **oracle utility** in [0, 1], computed from pixels al
     aesthetics  a fixed population taste: 0.40 contrast (object vs background lightness)
                 + 0.35 composition (object near the centre) + 0.25 size (medium-large objects)
     alignment   the detected colour and shape against the prompt: 0.5 each (1 when both match)
-    detail      0.5 sharpness + 0.5 (1 - noise)
+    detail      0.5 sharpness + 0.5 (1 - noise), sharpness read as crisp (1) from ``crisp_sharpness`` up: the
+                oracle's blur fit scatters over crisp renders (std 0.10, 10th percentile 0.86;
+                ``python scripts/oracle_sharpness.py``), and two crisp images must not differ in detail
     overall     OVERALL_WEIGHTS: 0.30 aesthetics + 0.45 alignment + 0.25 detail
 
 A pair (a, b) gets, per dimension, P(a preferred) = sigmoid((u_a - u_b) / temperature) (Bradley-Terry)
@@ -48,8 +50,17 @@ USER_ENCODERS = ("toy", "oracle", "<VLM folder>")
 # ----------------------------------------------------------------------------------------------- oracles
 
 
-def oracle_utilities(images: np.ndarray, prompts: list[str]) -> dict[str, np.ndarray]:
-    """Oracle utility in [0, 1] per text dimension for uint8 images ``(N, H, W, 3)`` and their prompts."""
+CRISP_SHARPNESS = 0.85  # measured sharpness from which an image counts as crisp (the detail oracle's floor)
+
+
+def oracle_utilities(images: np.ndarray, prompts: list[str],
+                     crisp_sharpness: float = CRISP_SHARPNESS) -> dict[str, np.ndarray]:
+    """Oracle utility in [0, 1] per text dimension for uint8 images ``(N, H, W, 3)`` and their prompts.
+
+    ``crisp_sharpness``: measured sharpness at or above which an image is fully sharp (1: the raw measurement).
+    """
+    if not 0 < crisp_sharpness <= 1:
+        raise PixprefError(f"crisp_sharpness must be in (0, 1], got {crisp_sharpness}")
     from pixpref.toyworld.oracle import analyse, parse_prompt
     from pixpref.toyworld.render import BG_LIGHTNESS_RANGE
 
@@ -68,7 +79,8 @@ def oracle_utilities(images: np.ndarray, prompts: list[str]) -> dict[str, np.nda
     colour_ok = np.array([c == w[0] for c, w in zip(colours, wanted, strict=True)], dtype=np.float64)
     shape_ok = np.array([s == w[1] for s, w in zip(shapes, wanted, strict=True)], dtype=np.float64)
     alignment = 0.5 * colour_ok + 0.5 * shape_ok
-    detail = 0.5 * feats["sharpness"] + 0.5 * (1.0 - feats["noise"])
+    sharpness = np.clip(feats["sharpness"] / crisp_sharpness, 0.0, 1.0)
+    detail = 0.5 * sharpness + 0.5 * (1.0 - feats["noise"])
     out = {"aesthetics": aesthetics, "alignment": alignment, "detail": detail}
     out["overall"] = sum(w * out[d] for d, w in OVERALL_WEIGHTS.items())
     return out
@@ -119,6 +131,7 @@ class ToyLabelConfig:
     sample_guidance: float = 2.0
     temperature: float = 0.025  # Bradley-Terry temperature of the dimension oracles (utilities in [0, 1])
     tie_margin: float = 0.05  # |u_a - u_b| below this is a tie (label 0.5)
+    crisp_sharpness: float = CRISP_SHARPNESS  # detail oracle: measured sharpness from which an image is crisp
     label_keep: float = 0.8  # chance that a pair keeps its label on each text dimension
     users: int = 0  # synthetic population size (0: no personal pairs)
     user_seed: int = 0  # seed of the population (train / unseen split)
@@ -155,6 +168,8 @@ class ToyLabelConfig:
             raise PixprefError(f"model_pairs > 0 needs model_kinds; valid: {', '.join(MODEL_KINDS)}")
         if self.temperature <= 0:
             raise PixprefError(f"data.temperature must be > 0, got {self.temperature}")
+        if not 0 < self.crisp_sharpness <= 1:
+            raise PixprefError(f"data.crisp_sharpness must be in (0, 1], got {self.crisp_sharpness}")
         if self.tie_margin < 0 or self.user_tie_margin < 0:
             raise PixprefError("tie margins must be >= 0")
         if not 0 < self.label_keep <= 1:
@@ -269,7 +284,7 @@ def _label_text_dims(images: np.ndarray, prompts: list[str], cfg: ToyLabelConfig
     """Oracle labels for pairs ``images (N, 2, H, W, 3)``; with ``keep`` some are dropped (NaN)."""
     n = len(images)
     flat = images.reshape(n * 2, *images.shape[2:])
-    util = oracle_utilities(flat, [p for p in prompts for _ in range(2)])
+    util = oracle_utilities(flat, [p for p in prompts for _ in range(2)], cfg.crisp_sharpness)
     labels, probs = {}, {}
     for d in TEXT_DIMENSIONS:
         u = util[d].reshape(n, 2)
