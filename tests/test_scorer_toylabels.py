@@ -126,3 +126,26 @@ def test_config_errors_list_valid_options():
         ToyLabelConfig(render_kinds=["fog"])
     with pytest.raises(PixprefError, match="temperature"):
         ToyLabelConfig(temperature=0)
+
+
+def test_oracle_pair_shift_script_reports_each_kind(tmp_path, capsys):
+    """scripts/oracle_pair_shift.py: a wrong colour moves only alignment, a degradation always moves detail,
+    and every kind gets a row with each dimension's decided share."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from pixpref.scorer.toylabels import ORACLE_DIMENSIONS, RENDER_KINDS
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "oracle_pair_shift.py"
+    spec = importlib.util.spec_from_file_location("oracle_pair_shift", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--n", "12", "--json", str(tmp_path / "r.json")]) == 0
+    rows = {r["kind"]: r for r in json.loads((tmp_path / "r.json").read_text())["rows"]}
+    assert set(rows) == set(RENDER_KINDS)
+    assert all(0.0 <= rows[k][d]["decided"] <= 1.0 for k in rows for d in ORACLE_DIMENSIONS)
+    assert rows["colour"]["alignment"]["decided"] == 1.0 and rows["colour"]["aesthetics"]["decided"] == 0.0
+    assert rows["blur"]["detail"]["decided"] == 1.0 and rows["noise"]["detail"]["decided"] == 1.0
+    assert rows["position"]["features"]["cx"] > rows["blur"]["features"]["cx"]
+    assert "colour" in capsys.readouterr().out
