@@ -75,6 +75,7 @@ def test_report_json_keys_and_ranges(run):
     (curve,) = report["interpolation"]["curves"]
     assert curve["alpha"] == [0.0, 0.5, 1.0] and len(curve["utility_a"]) == len(curve["utility_b"]) == 3
     assert {"base_utility_a", "base_utility_b"} <= set(curve)
+    assert report["interpolation"]["summary"]["users"] == 2
     assert len(report["users"]) == USERS and all(u["description"].startswith("user ") for u in report["users"])
     assert set(report["training"]) == {"dpo"} and report["training"]["dpo"]["summary"]["last_step"] == 60
     assert any("missing.jsonl" in note for note in report["notes"])  # a missing log is skipped with a note

@@ -42,3 +42,20 @@ def test_win_rate_judges_by_each_users_utility():
     assert swapped.win_rate == 0.0 and swapped.mean_utility_gain < 0
     ties = win_rate([big, small], np.stack([base, base]), base, prompts)
     assert ties.win_rate == 0.5  # identical images count half
+
+
+def test_interpolation_summary_counts_each_users_direction():
+    from pixpref.personalize.evaluate import interpolation_summary
+
+    curves = [
+        # user a falls monotonically (change 0.3); user b rises end to end (0.1) but dips on the way
+        {"alpha": [0, 0.5, 1], "utility_a": [1.0, 0.8, 0.7], "utility_b": [0.2, 0.1, 0.3]},
+        # user a rises (wrong way, change -0.2); user b flat (monotone, change 0: not the right direction)
+        {"alpha": [0, 0.5, 1], "utility_a": [0.0, 0.1, 0.2], "utility_b": [0.5, 0.5, 0.5]},
+    ]
+    s = interpolation_summary(curves)
+    assert s["users"] == 4
+    assert s["monotone"] == pytest.approx(2 / 4)
+    assert s["right_direction"] == pytest.approx(2 / 4)
+    assert s["mean_change"] == pytest.approx((0.3 + 0.1 - 0.2 + 0.0) / 4)
+    assert interpolation_summary([]) == {"users": 0}

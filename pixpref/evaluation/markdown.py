@@ -93,6 +93,11 @@ def _interpolation(report: dict[str, Any]) -> list[str]:
         return []
     lines = [f"## Interpolation ({interp['adapter']}, k = {interp['k']})", "",
              "Embedding (1 - alpha) * user a + alpha * user b; mean oracle utility of the images for each user.", ""]
+    summ = interp.get("summary") or {}
+    if summ.get("users"):
+        lines += [f"Over {summ['users']} users ({len(interp['curves'])} curves): monotone (own utility never moves "
+                  f"the wrong way) {summ['monotone']:.2f}; right direction end to end {summ['right_direction']:.2f}; "
+                  f"mean change {summ['mean_change']:+.3f} (user a's fall, user b's rise).", ""]
     for c in interp["curves"]:
         rows = [[f"{a:.2f}", f3(ua), f3(ub)] for a, ua, ub in zip(c["alpha"], c["utility_a"], c["utility_b"],
                                                                    strict=True)]

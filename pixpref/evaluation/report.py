@@ -165,7 +165,8 @@ def measure(config: EvalConfig, log: Callable[[str], None] = _log) -> tuple[dict
     from pixpref.models.diffusion import load_pipeline
     from pixpref.personalize.adapter import UserAdapter
     from pixpref.personalize.embeddings import read_user_encoder_spec
-    from pixpref.personalize.evaluate import EvalSetup, base_images, interpolation_curve, personalized_images
+    from pixpref.personalize.evaluate import (EvalSetup, base_images, interpolation_curve, interpolation_summary,
+                                              personalized_images)
     from pixpref.toyworld.oracle import measure as oracle_measure
 
     t0 = time.time()
@@ -310,7 +311,8 @@ def measure(config: EvalConfig, log: Callable[[str], None] = _log) -> tuple[dict
                   "scorer_user_encoder": scorer_spec if scorer is not None else None, "primary": primary},
         "adapters": adapters,
         "few_shot": {"adapter": primary, "points": few_shot},
-        "interpolation": {"adapter": primary, "k": config.k, "curves": curves},
+        "interpolation": {"adapter": primary, "k": config.k, "curves": curves,
+                          "summary": interpolation_summary(curves)},
         "training": train_logs,
         "checkpoint_curves": checkpoint_curves,
         "users": user_rows,

@@ -168,3 +168,20 @@ def interpolation_curve(pipe: Any, adapter: Any, setup: EvalSetup, user_a: Any, 
         ua.append(float(np.mean(user_a.utility(feats))))
         ub.append(float(np.mean(user_b.utility(feats))))
     return {"alpha": [float(a) for a in alphas], "utility_a": ua, "utility_b": ub}
+
+
+def interpolation_summary(curves: list[dict]) -> dict[str, float | int]:
+    """How monotone interpolation curves are: moving from user a's embedding to user b's, user a's utility
+    should fall and user b's rise. Per user (two per curve): ``monotone`` share whose utility never moves
+    the wrong way between neighbouring alphas; ``right_direction`` share whose end-to-end change has the
+    right sign; ``mean_change`` the mean end-to-end change in the right direction (a's fall, b's rise)."""
+    changes, monotone = [], []
+    for c in curves:
+        for utility, sign in ((np.asarray(c["utility_a"]), -1.0), (np.asarray(c["utility_b"]), 1.0)):
+            steps = sign * np.diff(utility)
+            monotone.append(bool((steps >= 0).all()))
+            changes.append(float(sign * (utility[-1] - utility[0])))
+    if not changes:
+        return {"users": 0}
+    return {"users": len(changes), "monotone": float(np.mean(monotone)),
+            "right_direction": float(np.mean(np.asarray(changes) > 0)), "mean_change": float(np.mean(changes))}
