@@ -165,8 +165,13 @@ def measure(config: EvalConfig, log: Callable[[str], None] = _log) -> tuple[dict
     from pixpref.models.diffusion import load_pipeline
     from pixpref.personalize.adapter import UserAdapter
     from pixpref.personalize.embeddings import read_user_encoder_spec
-    from pixpref.personalize.evaluate import (EvalSetup, base_images, interpolation_curve, interpolation_summary,
-                                              personalized_images)
+    from pixpref.personalize.evaluate import (
+        EvalSetup,
+        base_images,
+        interpolation_curve,
+        interpolation_summary,
+        personalized_images,
+    )
     from pixpref.toyworld.oracle import measure as oracle_measure
 
     t0 = time.time()
