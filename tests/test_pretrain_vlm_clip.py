@@ -75,7 +75,7 @@ def test_vlm_pretrain_short_run(tmp_path):
         "warmup_steps=2", "max_pairs=2", "model.vision_hidden=32", "model.vision_layers=1",
         "model.vision_heads=2", "model.vision_intermediate=64", "model.text_hidden=32", "model.text_layers=1",
         "model.text_heads=2", "model.text_intermediate=64", "model.vocab_size=300",
-        "caption_weight=1", "compare_weight=1", "pairs_weight=1",
+        "caption_weight=1", "compare_weight=1", "pairs_weight=1", "caption_colour_swap=0.5",
     ])
     metrics = pvlm.run(tmp_path, cfg)
     out = tmp_path / "vlm"
@@ -144,3 +144,29 @@ def test_clip_pretrain_short_run_changes_weights(tmp_path):
     changed = [not torch.allclose(p.float(), q.half().float()) for p, q in
                zip(trained.parameters(), init.parameters())]
     assert sum(changed) / len(changed) > 0.9  # (almost) every tensor trained
+
+
+def test_colour_swap_replaces_the_colour_word_without_loss_on_it():
+    """caption_colour_swap: the swapped answer tokenizes as the plain answer with the colour's tokens
+    replaced, and collate puts no label on those tokens (the shape word after them keeps its label)."""
+    from pixpref.models.vlm import load_vlm
+
+    _, processor = load_vlm("toy")
+    tok = processor.tokenizer
+    messages = pvlm._user([None, " " + pvlm.CAPTION_QUESTION])
+    answer = "a large pastel red star, striped, outlined, at the top left, on a dark background"
+    plain, n_prompt = pvlm.encode_example(processor, messages, answer)
+    same, n_same, skip_same = pvlm.encode_with_swapped_word(processor, messages, answer, "red", "red")
+    assert same == plain and n_same == n_prompt  # a no-op swap is the plain encoding
+    ids, n, skip = pvlm.encode_with_swapped_word(processor, messages, answer, "red", "magenta")
+    assert tok.decode(ids[n:], skip_special_tokens=True).strip() == answer.replace("red", "magenta")
+    assert tok.decode([ids[i] for i in skip]).strip() == "magenta"
+    _, _, labels = pvlm.collate([(ids, n, skip), (plain, n_prompt)], tok.pad_token_id)
+    assert (labels[0, skip] == -100).all() and (labels[0, n:len(ids)] != -100).sum() == len(ids) - n - len(skip)
+    star = skip[-1] + 1
+    assert labels[0, star] == ids[star] and tok.decode([ids[star]]).strip() == "star"
+    assert (labels[1, n_prompt:len(plain)] != -100).all()  # an example without positions: every answer token
+    with pytest.raises(PixprefError, match="not a word"):
+        pvlm.encode_with_swapped_word(processor, messages, answer, "blue", "red")
+    with pytest.raises(PixprefError, match="caption_colour_swap"):
+        load_config(None, pvlm.PretrainConfig, overrides=["caption_colour_swap=1.5"])

@@ -80,6 +80,10 @@ class PretrainConfig:
     freeze_vision: bool = False  # keep the vision tower fixed during the LM tasks (after the warm-up)
     vision_attribute_weights: dict[str, float] = field(default_factory=dict)  # warm-up probe weight per
     # caption attribute (default 1; e.g. {shape: 5}: shape is the attribute the tower learns last)
+    # share of caption answers (caption and pairs tasks) whose colour word is replaced by another colour and
+    # gets no loss: the shape word after it must then be read from the image, not guessed from the colour
+    # (on seen combinations the colour predicts the shape, which the LM learns instead of looking)
+    caption_colour_swap: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -91,6 +95,8 @@ class PretrainConfig:
             raise PixprefError(f"vision_attribute_weights: unknown attribute(s) {unknown}; valid: {list(PROBE_CLASSES)}")
         if any(not w >= 0 for w in self.vision_attribute_weights.values()):
             raise PixprefError("vision_attribute_weights must be >= 0")
+        if not 0.0 <= self.caption_colour_swap <= 1.0:
+            raise PixprefError(f"caption_colour_swap must be in [0, 1], got {self.caption_colour_swap}")
         if not 1 <= self.max_pairs <= 8:
             raise PixprefError(f"max_pairs must be in 1..8, got {self.max_pairs}")
         if min(self.caption_weight, self.compare_weight, self.pairs_weight) < 0 or self.caption_weight <= 0:
@@ -210,6 +216,22 @@ def encode_example(processor: Any, messages: list[dict], answer: str | None) -> 
     return ids, n_prompt
 
 
+def encode_with_swapped_word(processor: Any, messages: list[dict], answer: str, word: str,
+                             replacement: str) -> tuple[list[int], int, list[int]]:
+    """:func:`encode_example` with the first whole ``word`` of ``answer`` replaced by ``replacement``; also
+    returns the positions of the replacement's tokens, which get no loss (see :func:`collate`)."""
+    m = re.search(rf"(?<![a-z]){re.escape(word)}(?![a-z])", answer)
+    if m is None:
+        raise PixprefError(f"{word!r} is not a word of the answer {answer!r}")
+    tok = processor.tokenizer
+    ids, n_prompt = encode_example(processor, messages, None)
+    head = tok(" " + answer[:m.start()].rstrip(), add_special_tokens=False)["input_ids"]
+    middle = tok(" " + replacement, add_special_tokens=False)["input_ids"]
+    tail = tok(answer[m.end():], add_special_tokens=False)["input_ids"] if m.end() < len(answer) else []
+    start = len(ids) + len(head)
+    return ids + head + middle + tail + [tok.eos_token_id], n_prompt, list(range(start, start + len(middle)))
+
+
 def pixel_tensor(images: np.ndarray, processor: Any):
     """uint8 ``(N, H, W, 3)`` -> normalised float ``(N, 3, H, W)``, equal to the image processor's output
     for images already at its size (checked in tests)."""
@@ -222,19 +244,22 @@ def pixel_tensor(images: np.ndarray, processor: Any):
     return (x - mean) / std
 
 
-def collate(examples: list[tuple[list[int], int]], pad_id: int, left: bool = False):
-    """Pad token lists -> (input_ids, attention_mask, labels) with labels on answer tokens only."""
+def collate(examples: list[tuple], pad_id: int, left: bool = False):
+    """Pad ``(ids, n_prompt)`` or ``(ids, n_prompt, unlabelled positions)`` -> (input_ids, attention_mask,
+    labels) with labels on answer tokens only (and not on the unlabelled positions)."""
     import torch
 
-    length = max(len(ids) for ids, _ in examples)
+    length = max(len(ex[0]) for ex in examples)
     input_ids = torch.full((len(examples), length), pad_id, dtype=torch.long)  # (B, T)
     mask = torch.zeros_like(input_ids)
     labels = torch.full_like(input_ids, -100)
-    for b, (ids, n_prompt) in enumerate(examples):
+    for b, (ids, n_prompt, *rest) in enumerate(examples):
         start = length - len(ids) if left else 0
         input_ids[b, start: start + len(ids)] = torch.tensor(ids)
         mask[b, start: start + len(ids)] = 1
         labels[b, start + n_prompt: start + len(ids)] = torch.tensor(ids[n_prompt:], dtype=torch.long)
+        for pos in (rest[0] if rest else ()):
+            labels[b, start + pos] = -100
     return input_ids, mask, labels
 
 
@@ -378,6 +403,11 @@ def warm_up_vision(vision_tower: Any, pixels, probe_cls, probe_reg, cfg: Pretrai
     return time.time() - t0
 
 
+def _other_colour(rng: np.random.Generator, colour: str) -> str:
+    others = [c for c in COLOURS if c != colour]
+    return others[int(rng.integers(len(others)))]
+
+
 def _lr_at(step: int, cfg: PretrainConfig) -> float:
     return warmup_cosine(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
 
@@ -455,7 +485,12 @@ def run(out_dir: Path, cfg: PretrainConfig) -> dict:
             for _ in range(cfg.batch_size if task != "pairs" else max(1, cfg.batch_size // 2)):
                 idx = rng.choice(len(scenes), size=n_img, replace=False)
                 messages, used, answer = make_example(task, idx, scenes, rng)
-                examples.append(encode_example(processor, messages, answer))
+                if task != "compare" and cfg.caption_colour_swap and rng.random() < cfg.caption_colour_swap:
+                    colour = parse_caption(answer)["colour"]
+                    examples.append(encode_with_swapped_word(processor, messages, answer, colour,
+                                                             _other_colour(rng, colour)))
+                else:
+                    examples.append(encode_example(processor, messages, answer))
                 image_idx += used
             input_ids, mask, labels = collate(examples, tokenizer.pad_token_id)
             lr = _lr_at(step, cfg)
