@@ -195,18 +195,22 @@ def test_load_vlm_reads_a_llava_onevision_folder(tmp_path):
 
 def test_shipped_toy_vlm_captions_held_out_images():
     """Floors for the shipped toy VLM's greedy captions on fresh scenes (another seed than the script's).
-    ``scripts/eval_vlm.py --n 400`` measured colour 0.993, shape 0.980 on seen combinations and 0.560 on
-    held-out ones, style words 0.93 - 1.00: the floors are those minus the noise of 120 scenes. With the
-    VLM shipped before (shape 0.35 on all scenes, size 0.77) the shape and size floors fail."""
+    ``scripts/eval_vlm.py --n 400`` measured shape 0.935 on all scenes (0.993 on seen combinations, 0.760 on
+    held-out ones), colour 0.990, style words 0.93 - 1.00; here (240 scenes) shape 0.929 and 0.750. The
+    floors are those minus the noise of these scenes. The VLM shipped before the colour-swap stage
+    (shape 0.875 / held-out 0.55 here) fails the shape floors; the one before it (shape 0.35) fails size too."""
     from pixpref.models.vlm import load_vlm
     from pixpref.pretrain.vlm import caption_accuracy, held_out_scenes
 
     model, processor = load_vlm("toy")
-    scenes = held_out_scenes(120, seed=2024)  # every 4th scene: a held-out shape-colour combination
+    scenes = held_out_scenes(240, seed=2024)  # every 4th scene: a held-out shape-colour combination
     res = caption_accuracy(model.float(), processor, scenes)
     assert res["parsed"] == 1.0
     seen = [h for i, h in enumerate(res["hits"]) if i % 4 != 3]
+    held = [h for i, h in enumerate(res["hits"]) if i % 4 == 3]
     rate = {a: sum(h[a] for h in seen) / len(seen) for a in ("colour", "shape")}
-    assert rate["colour"] >= 0.95 and rate["shape"] >= 0.90, rate
+    assert rate["colour"] >= 0.95 and rate["shape"] >= 0.95, rate
+    assert res["accuracy"]["shape"] >= 0.90, res["accuracy"]["shape"]  # the issue's content target, all scenes
+    assert sum(h["shape"] for h in held) / len(held) >= 0.65
     for attr in ("size", "shade", "texture", "outline", "horizontal", "vertical", "background"):
         assert res["accuracy"][attr] >= 0.85, (attr, res["accuracy"][attr])
