@@ -227,7 +227,7 @@ def encode_with_swapped_word(processor: Any, messages: list[dict], answer: str, 
     ids, n_prompt = encode_example(processor, messages, None)
     head = tok(" " + answer[:m.start()].rstrip(), add_special_tokens=False)["input_ids"]
     middle = tok(" " + replacement, add_special_tokens=False)["input_ids"]
-    tail = tok(answer[m.end():], add_special_tokens=False)["input_ids"] if m.end() < len(answer) else []
+    tail = tok(answer[m.end():], add_special_tokens=False)["input_ids"]
     start = len(ids) + len(head)
     return ids + head + middle + tail + [tok.eos_token_id], n_prompt, list(range(start, start + len(middle)))
 
