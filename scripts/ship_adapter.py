@@ -3,6 +3,7 @@
     python scripts/ship_adapter.py runs/ppd_dpo/adapter dpo     # -> pixpref/pretrained/toy/adapter_dpo
     python scripts/ship_adapter.py runs/ppd_inpo/adapter inpo
     python scripts/ship_adapter.py runs/ppd_dpo_2000/checkpoints/checkpoint_1200/user_adapter dpo   # a kept checkpoint
+    python scripts/ship_adapter.py runs/ppd_dpo/adapter dpo --scale 0.5   # save a tuned default user_scale
 
 Recipe of the shipped adapters (2026-11-23), after the shipped base model:
     pixpref toyworld make-pairs --users 200 --pairs-per-user 40 --seed 0 --source model --model toy \
@@ -27,7 +28,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("adapter", help="adapter folder written by train/train_ppd.py (OUT/adapter)")
     ap.add_argument("name", choices=["dpo", "inpo"])
+    ap.add_argument("--scale", type=float, default=None,
+                    help="default user_scale saved in adapter_config.json (tune it on held-out users with "
+                         "pixpref eval --set user_offset=20 --set user_scale=X); default: keep the run's")
     args = ap.parse_args(argv)
+    if args.scale is not None and not (0.0 < args.scale < 10.0):
+        print(f"ship_adapter: --scale must be in (0, 10), got {args.scale}", file=sys.stderr)
+        return 2
     from safetensors.torch import load_file, save_file
 
     src = Path(args.adapter)
@@ -39,6 +46,10 @@ def main(argv=None) -> int:
     dst.mkdir(parents=True, exist_ok=True)
     for f in FILES:
         shutil.copy(src / f, dst / f)
+    if args.scale is not None:
+        config = json.loads((dst / "adapter_config.json").read_text())
+        config["scale"] = args.scale
+        (dst / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
     state = load_file(str(src / WEIGHTS))
     save_file({k: v.half().contiguous() for k, v in state.items()}, str(dst / WEIGHTS))
     # the run's training log ships too (the report's training curves); for a kept checkpoint

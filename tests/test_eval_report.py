@@ -82,6 +82,21 @@ def test_report_json_keys_and_ranges(run):
     assert any("'gone' not found" in note for note in report["notes"])  # so is a missing checkpoint run
 
 
+def test_user_offset_skips_users_and_the_saved_scale_is_the_default(run):
+    from pixpref.errors import PixprefError
+    from pixpref.evaluation.examples import unseen_users
+
+    every = [u.id for u in unseen_users(run["data"], 3)]
+    assert [u.id for u in unseen_users(run["data"], 2, offset=1)] == every[1:3]
+    with pytest.raises(PixprefError, match="user_offset"):
+        unseen_users(run["data"], 3, offset=1)
+    # no user_scale in the config: each adapter is judged at the scale saved in its adapter_config.json
+    for name, res in run["report"]["adapters"].items():
+        saved = json.loads((ROOT / "pixpref" / "pretrained" / "toy" / f"adapter_{name}" / "adapter_config.json")
+                           .read_text())["scale"]
+        assert res["user_scale"] == saved
+
+
 def test_mismatched_user_control_for_the_primary_adapter(run):
     adapters = run["report"]["adapters"]
     assert "mismatched_users" not in adapters["inpo"]  # only the primary adapter gets the control

@@ -60,6 +60,22 @@ def test_user_scale_zero_is_the_base_model_and_a_user_changes_images(user_files,
     assert dist(joint) > dist(user) > 0
 
 
+def test_default_user_scale_is_the_adapters_saved_scale(user_files, tmp_path):
+    import json
+    from pathlib import Path
+
+    _, emb = user_files
+    config = Path(__file__).resolve().parent.parent / "pixpref" / "pretrained" / "toy" / "adapter_dpo" / "adapter_config.json"
+    saved = json.loads(config.read_text())["scale"]
+    assert _generate(tmp_path / "default", "--user", str(emb)) == 0
+    assert _generate(tmp_path / "explicit", "--user", str(emb), "--user-scale", str(saved)) == 0
+    assert _generate(tmp_path / "double", "--user", str(emb), "--user-scale", str(2 * saved)) == 0
+    default = _images(tmp_path / "default")
+    assert np.array_equal(default, _images(tmp_path / "explicit"))
+    assert not np.array_equal(default, _images(tmp_path / "double"))
+    assert json.loads((tmp_path / "default" / "generate.json").read_text())["user_scale"] == saved
+
+
 def test_bad_user_inputs_exit_2(user_files, tmp_path, capsys):
     jsonl, emb = user_files
     assert _generate(tmp_path / "a", "--user", str(emb), "--user-pairs", str(jsonl)) == 2

@@ -212,7 +212,7 @@ def create_demo(engine: DemoEngine, workdir: str | Path | None = None) -> gr.Blo
                 gen_prompt = gr.Textbox(value=engine.suggest_prompt(1), label="Prompt", scale=3)
                 gen_profile = gr.Dropdown(choices=[], label="Profile", scale=2, allow_custom_value=True)
             with gr.Row():
-                scale = gr.Slider(0.0, 2.0, value=1.0, step=0.1, label="Personalization strength (user_scale)")
+                scale = gr.Slider(0.0, 2.0, value=engine.default_user_scale, step=0.1, label="Personalization strength (user_scale)")
                 seed = gr.Number(value=cfg.seed, precision=0, label="Seed")
                 gen_btn = gr.Button("Generate", variant="primary")
             with gr.Row():

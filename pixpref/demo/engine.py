@@ -245,10 +245,27 @@ class DemoEngine:
         scorer_user = self._scorer_user_encoder().encode_one(clean)
         return Profile(clean, user, scorer_user, self.fingerprint, name)
 
-    def generate(self, prompt: str, profile: Profile | None, user_scale: float = 1.0, seed: int | None = None,
-                 num_images: int | None = None) -> GenerationResult:
-        """Base images, and personalized ones when there is a profile, for the same seeds; scored."""
+    @property
+    def default_user_scale(self) -> float:
+        """The personalization strength the adapter was tuned at (its saved ``scale``); loads no model."""
+        if self._sampler is not None:
+            return float(self._sampler.adapter.config.scale)
+        from pixpref.personalize.pipeline import SHIPPED_ADAPTERS, shipped_adapter_dir
+
+        name = self.config.adapter
+        folder = shipped_adapter_dir(name) if name in SHIPPED_ADAPTERS else Path(name)
+        try:
+            return float(json.loads((folder / "adapter_config.json").read_text()).get("scale", 1.0))
+        except (OSError, ValueError) as e:
+            raise PixprefError(f"cannot read the adapter's saved scale from {folder}/adapter_config.json: {e}") from e
+
+    def generate(self, prompt: str, profile: Profile | None, user_scale: float | None = None,
+                 seed: int | None = None, num_images: int | None = None) -> GenerationResult:
+        """Base images, and personalized ones when there is a profile, for the same seeds; scored.
+
+        ``user_scale`` None: :attr:`default_user_scale`."""
         prompt = self.check_prompt(prompt)
+        user_scale = self.default_user_scale if user_scale is None else user_scale
         seed = self.config.seed if seed is None else int(seed)
         n = num_images or self.config.num_images
         if not np.isfinite(user_scale) or not -1.0 <= user_scale <= 3.0:

@@ -29,12 +29,13 @@ class EvalConfig:
     scorer: str = "toy"  # preference scorer: "toy" or a folder; "" skips the scorer judge
     scorer_vlm: str = "toy"  # VLM whose embeddings the scorer's personal dimension reads
     scorer_pooling: str = "last_token_all_layers"  # ... and their pooling; a scorer folder with user_encoder.json overrides both
-    users: int = 20  # unseen users evaluated (the first ones in users.json)
+    users: int = 20  # unseen users evaluated (the first ones in users.json, after user_offset)
+    user_offset: int = 0  # skip this many unseen users: tune a setting on users 20-39, report users 0-19
     prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
     images_per_prompt: int = 4  # initial noises per prompt, shared by base and personalized images
     steps: int = 20  # sampler steps
     guidance: float = 2.0  # classifier-free guidance scale
-    user_scale: float = 1.0  # personalization strength of the user branch (the adapters' scale)
+    user_scale: float | None = None  # personalization strength of the user branch; None: each adapter's saved scale
     user_guidance: str = "text"  # "joint": guidance amplifies text and user; "text" (default): text only
     user_start: float | None = None  # the user branch runs from this fraction of the denoising steps ...
     user_end: float | None = None  # ... up to this one (UserAdapter.step_window); None: each adapter's own
@@ -101,7 +102,9 @@ class EvalConfig:
             raise unknown_name("scorer_pooling", self.scorer_pooling, POOLINGS)
         if self.user_guidance not in USER_GUIDANCE_MODES:
             raise unknown_name("user_guidance", self.user_guidance, USER_GUIDANCE_MODES)
-        if not math.isfinite(self.user_scale):
+        if self.user_offset < 0:
+            raise PixprefError(f"user_offset must be >= 0, got {self.user_offset}")
+        if self.user_scale is not None and not math.isfinite(self.user_scale):
             raise PixprefError(f"user_scale must be finite, got {self.user_scale}")
         start = 0.0 if self.user_start is None else self.user_start
         end = 1.0 if self.user_end is None else self.user_end

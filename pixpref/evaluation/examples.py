@@ -16,15 +16,20 @@ from typing import Any
 from pixpref.errors import PixprefError
 
 
-def unseen_users(data_dir: str | Path, count: int) -> list[Any]:
-    """The first ``count`` users of ``users.json`` whose split is ``unseen``."""
+def unseen_users(data_dir: str | Path, count: int, offset: int = 0) -> list[Any]:
+    """``count`` users of ``users.json`` whose split is ``unseen``, skipping the first ``offset`` of them.
+
+    The offset keeps tuning off the reported users: e.g. choose a setting on ``offset=20`` and report ``offset=0``.
+    """
     from pixpref.toyworld.users import load_users
 
+    if offset < 0:
+        raise PixprefError(f"user offset must be >= 0, got {offset}")
     users = [u for u in load_users(Path(data_dir) / "users.json").users if u.split == "unseen"]
-    if len(users) < count:
-        raise PixprefError(f"{data_dir} has {len(users)} unseen users, fewer than users={count}; lower users or "
-                           "make more data (pixpref toyworld make-pairs --users N)")
-    return users[:count]
+    if len(users) < offset + count:
+        raise PixprefError(f"{data_dir} has {len(users)} unseen users, fewer than user_offset + users = "
+                           f"{offset} + {count}; lower them or make more data (pixpref toyworld make-pairs --users N)")
+    return users[offset:offset + count]
 
 
 def unseen_pairs(data_dir: str | Path, users: list[Any]) -> dict[str, list]:

@@ -195,7 +195,7 @@ def measure(config: EvalConfig, log: Callable[[str], None] = _log) -> tuple[dict
                          "(train it with train/train_ppd.py --set train.output_dir=" + str(run) + ")")
             continue
         checkpoint_runs[name] = checkpoint_adapters(run, config.checkpoint_steps or None)
-    users = unseen_users(data, config.users)
+    users = unseen_users(data, config.users, config.user_offset)
     setup = EvalSetup(prompts=list(config.prompts), seeds=config.images_per_prompt, steps=config.steps,
                       guidance=config.guidance, noise_seed=config.noise_seed, user_scale=config.user_scale,
                       user_guidance=config.user_guidance, user_start=config.user_start,
@@ -258,7 +258,8 @@ def measure(config: EvalConfig, log: Callable[[str], None] = _log) -> tuple[dict
                     window = [adapter.config.start if setup.user_start is None else setup.user_start,
                               adapter.config.end if setup.user_end is None else setup.user_end]
                     adapters[name] = {"folder": str(folder), "user_encoder": specs[name], "k": k,
-                                      "user_scale": setup.user_scale, "user_window": window, **verdict}
+                                      "user_scale": adapter.config.scale if setup.user_scale is None else setup.user_scale,
+                                      "user_window": window, **verdict}
                     for i, uid in enumerate(grids):
                         grids[uid].append(images[i].reshape(p_ * n_, *images.shape[3:]))
                 if name == primary and k in config.few_shot_k:

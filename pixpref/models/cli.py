@@ -38,7 +38,7 @@ def check_generate_args(args: argparse.Namespace) -> None:
         raise PixprefError(f"--steps must be a positive integer, got {args.steps}")
     if args.guidance_scale is not None and not math.isfinite(args.guidance_scale):
         raise PixprefError(f"--guidance-scale must be a finite number, got {args.guidance_scale}")
-    if not math.isfinite(args.user_scale):
+    if args.user_scale is not None and not math.isfinite(args.user_scale):
         raise PixprefError(f"--user-scale must be a finite number, got {args.user_scale}")
     start = 0.0 if args.user_start is None else args.user_start
     end = 1.0 if args.user_end is None else args.user_end
@@ -75,7 +75,9 @@ def generate_images(pipe, prompt: str, num_images: int, seed: int, steps: int, g
 
 
 def _personalized_images(pipe, args: argparse.Namespace, steps: int, guidance: float):
-    """Install the user adapter on ``pipe`` and sample for the user given by --user or --user-pairs."""
+    """Install the user adapter on ``pipe`` and sample for the user given by --user or --user-pairs.
+
+    Returns the uint8 images and the user scale used (--user-scale, else the adapter's saved scale)."""
     import math
     from pathlib import Path
 
@@ -90,7 +92,7 @@ def _personalized_images(pipe, args: argparse.Namespace, steps: int, guidance: f
         shipped_adapter_dir,
     )
 
-    if not math.isfinite(args.user_scale):
+    if args.user_scale is not None and not math.isfinite(args.user_scale):
         raise PixprefError(f"--user-scale must be a finite number, got {args.user_scale}")
     folder = shipped_adapter_dir(args.adapter) if args.adapter in SHIPPED_ADAPTERS else Path(args.adapter)
     load_lora(pipe.unet, folder)
@@ -106,10 +108,11 @@ def _personalized_images(pipe, args: argparse.Namespace, steps: int, guidance: f
         from pixpref.personalize.cli import read_user_pairs
 
         user = sampler.embed_user(read_user_pairs(args.user_pairs, image_size=pipe.unet.config.sample_size))
-    images = sampler(args.prompt, user=user, user_scale=args.user_scale, num_images=args.num_images, seed=args.seed,
+    scale = sampler.adapter.config.scale if args.user_scale is None else args.user_scale
+    images = sampler(args.prompt, user=user, user_scale=scale, num_images=args.num_images, seed=args.seed,
                      num_inference_steps=steps, guidance_scale=guidance, output_type="np",
                      user_guidance=args.user_guidance, user_start=args.user_start, user_end=args.user_end)
-    return (np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return (np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8), scale
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -142,8 +145,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     guidance = args.guidance_scale if args.guidance_scale is not None else default_guidance
     if args.scheduler is not None:
         set_scheduler(pipe, args.scheduler)
+    user_scale = None
     if user_given:
-        images = _personalized_images(pipe, args, steps, guidance)
+        images, user_scale = _personalized_images(pipe, args, steps, guidance)
     else:  # no user: exactly the base model for this seed
         images = generate_images(pipe, args.prompt, args.num_images, args.seed, steps, guidance)
 
@@ -166,7 +170,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         make_grid(images, ncols=min(8, len(images)), upscale=upscale).save(tmp / "grid.png", format="PNG")
         settings = {"prompt": args.prompt, "model": str(args.model), "num_images": args.num_images,
                     "seed": args.seed, "user": args.user or args.user_pairs,
-                    "user_scale": args.user_scale if user_given else None,
+                    "user_scale": user_scale if user_given else None,
                     "user_guidance": args.user_guidance if user_given else None,
                     "user_window": [args.user_start, args.user_end] if user_given else None,
                     "adapter": args.adapter if user_given else None,
@@ -198,7 +202,8 @@ def register(subparsers) -> None:
                    help="sampling scheduler (default: the one saved with the model; toy ddim)")
     p.add_argument("--user", default=None, help="a user embedding (USER.safetensors from `pixpref embed-user`)")
     p.add_argument("--user-pairs", default=None, help="a user's pairwise choices (JSONL folder format)")
-    p.add_argument("--user-scale", type=float, default=1.0, help="personalization strength (0 = base model)")
+    p.add_argument("--user-scale", type=float, default=None,
+                   help="personalization strength (0 = base model; default: the adapter's saved scale)")
     p.add_argument("--user-guidance", default="text", choices=USER_GUIDANCE_MODES,
                    help="text (default): guidance amplifies the prompt only; joint: the prompt and the user together")
     p.add_argument("--user-start", type=float, default=None,

@@ -31,10 +31,11 @@ def wilson(wins: float, n: int, z: float = 1.96) -> tuple[float, float]:
 
 @torch.no_grad()
 def generate(pipe: Any, adapter: Any, prompt: str, latents: torch.Tensor, users: torch.Tensor | None,
-             scale: float = 1.0, steps: int = 20, guidance: float = 2.0,
+             scale: float | None = None, steps: int = 20, guidance: float = 2.0,
              user_guidance: str = "text", user_window: tuple[float | None, float | None] = (None, None)) -> np.ndarray:
     """Images for ``prompt`` from fixed initial ``latents`` (n, C, H, W).
 
+    ``scale``: weight of the user branch; None: the adapter's saved ``scale``.
     ``user_window``: (start, end) fractions of the denoising steps that use the user branch
     (:meth:`UserAdapter.step_window`); None: the adapter's saved ``start`` / ``end``.
 
@@ -45,6 +46,8 @@ def generate(pipe: Any, adapter: Any, prompt: str, latents: torch.Tensor, users:
     g = 1 if users is None else users.shape[0]
     lat = latents.repeat(g, 1, 1, 1)  # (G*n, C, H, W), user-major
     kwargs, callback = None, None
+    if users is not None and scale is None:
+        scale = adapter.config.scale
     if users is not None and scale != 0.0:
         tokens = adapter.encode(users.to(pipe.unet.device, torch.float32)).repeat_interleave(n, dim=0)  # (G*n, T, C)
         kwargs = adapter.guided_kwargs(tokens, guidance > 1.0, scale=scale, user_guidance=user_guidance)
@@ -65,7 +68,7 @@ class EvalSetup:
     steps: int = 20
     guidance: float = 2.0
     noise_seed: int = 1234
-    user_scale: float = 1.0  # weight of the user branch
+    user_scale: float | None = None  # weight of the user branch (None: each adapter's saved scale)
     user_guidance: str = "text"  # see pixpref.personalize.names.USER_GUIDANCE_MODES
     user_start: float | None = None  # fraction of the denoising steps before the user branch starts
     user_end: float | None = None  # ... and at which it stops (None: each adapter's saved window)

@@ -118,7 +118,7 @@ class PersonalizedSampler:
         self,
         prompt: str,
         user: torch.Tensor | None = None,
-        user_scale: float = 1.0,
+        user_scale: float | None = None,
         num_images: int = 4,
         seed: int = 0,
         num_inference_steps: int | None = None,
@@ -133,7 +133,8 @@ class PersonalizedSampler:
         ``user_guidance``: "joint" (classifier-free guidance amplifies the user too) or "text"; see
         :data:`pixpref.personalize.names.USER_GUIDANCE_MODES`. ``user_start`` / ``user_end``: the fractions
         of the denoising steps between which the user branch runs (:meth:`UserAdapter.step_window`);
-        None: the adapter's saved window (``adapter.config.start`` / ``end``).
+        None: the adapter's saved window (``adapter.config.start`` / ``end``). ``user_scale``: the weight of
+        the user branch; None: the adapter's saved ``adapter.config.scale`` (the strength it was tuned at).
         """
         from pixpref.models.diffusion import default_settings
 
@@ -141,6 +142,7 @@ class PersonalizedSampler:
             raise PixprefError("the prompt must be a non-empty string")
         if num_images < 1:
             raise PixprefError(f"num_images must be >= 1, got {num_images}")
+        user_scale = self.adapter.config.scale if user_scale is None else user_scale
         if not np.isfinite(user_scale):
             raise PixprefError(f"user_scale must be finite, got {user_scale}")
         steps, guidance = default_settings(self.pipe, self.base_name)
