@@ -72,6 +72,11 @@ def report_section(report: dict, figures: str) -> list[str]:
     if points:
         lines += [f"Few-shot curve ({report['few_shot']['adapter']}, oracle win rate): "
                   + "; ".join(f"k={p['k']}: {rate(p['oracle'])}" for p in points) + ".", ""]
+    summary = (report.get("interpolation") or {}).get("summary") or {}
+    if summary.get("users"):
+        lines += [f"Interpolation ({report['interpolation']['adapter']}, user a's embedding -> user b's, "
+                  f"{summary['users']} users' own utilities): monotone {f3(summary['monotone'])}, right direction "
+                  f"end to end {f3(summary['right_direction'])}, mean change {summary['mean_change']:+.3f}.", ""]
     if report["training"]:
         rows = [[name, log["summary"]["last_step"], f"{log['summary'].get('wall_seconds', 0):.0f}",
                  f3(log["summary"].get("final_implicit_acc"))] for name, log in report["training"].items()]

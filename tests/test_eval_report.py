@@ -227,3 +227,4 @@ def test_readme_results_section_from_the_report(run):
     curve = report["checkpoint_curves"]["curves"]["run"]
     assert f"10: {curve['win_rate'][0]:.3f}, 20: {curve['win_rate'][1]:.3f}" in out
     assert "steps to target" in out
+    assert f"right direction end to end {report['interpolation']['summary']['right_direction']:.3f}" in out
