@@ -160,10 +160,10 @@ class DemoEngine:
     def fingerprint(self) -> str:
         """Identifies the base model + adapter + encoders a profile was made with."""
         if self._fingerprint is None:
-            from pixpref.personalize.pipeline import SHIPPED_ADAPTERS, shipped_adapter_dir
+            from pixpref.personalize.pipeline import adapter_dir
 
             cfg = self.config
-            folder = shipped_adapter_dir(cfg.adapter) if cfg.adapter in SHIPPED_ADAPTERS else Path(cfg.adapter)
+            folder = adapter_dir(cfg.adapter)
             weights = sorted(folder.glob("*.safetensors"))
             digest = ",".join(_file_digest(p) for p in weights) or "none"
             spec = self.sampler.encoder_spec or {}
@@ -250,14 +250,10 @@ class DemoEngine:
         """The personalization strength the adapter was tuned at (its saved ``scale``); loads no model."""
         if self._sampler is not None:
             return float(self._sampler.adapter.config.scale)
-        from pixpref.personalize.pipeline import SHIPPED_ADAPTERS, shipped_adapter_dir
+        from pixpref.personalize.adapter import read_adapter_config
+        from pixpref.personalize.pipeline import adapter_dir
 
-        name = self.config.adapter
-        folder = shipped_adapter_dir(name) if name in SHIPPED_ADAPTERS else Path(name)
-        try:
-            return float(json.loads((folder / "adapter_config.json").read_text()).get("scale", 1.0))
-        except (OSError, ValueError) as e:
-            raise PixprefError(f"cannot read the adapter's saved scale from {folder}/adapter_config.json: {e}") from e
+        return float(read_adapter_config(adapter_dir(self.config.adapter)).scale)
 
     def generate(self, prompt: str, profile: Profile | None, user_scale: float | None = None,
                  seed: int | None = None, num_images: int | None = None) -> GenerationResult:

@@ -529,9 +529,7 @@ class UserAdapter(nn.Module):
         for path in (config_path, weights_path):
             if not path.is_file():
                 raise PixprefError(f"user adapter file not found: {path}")
-        raw = read_json(config_path)
-        config = from_dict(UserAdapterConfig, raw, prefix="adapter_config")
-        adapter = cls(config, unet)  # resolve() raises PixprefError on a mismatched UNet
+        adapter = cls(read_adapter_config(directory), unet)  # resolve() raises PixprefError on a mismatched UNet
         state = load_file(str(weights_path))
         own = adapter.state_dict()
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
@@ -551,3 +549,11 @@ class UserAdapter(nn.Module):
 def _key(name: str) -> str:
     """Module path -> ModuleDict key (dots are not allowed in module names)."""
     return name.replace(".", "-")
+
+
+def read_adapter_config(directory: str | Path) -> UserAdapterConfig:
+    """The :class:`UserAdapterConfig` saved in ``directory/adapter_config.json`` (no weights loaded)."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise PixprefError(f"user adapter file not found: {path}")
+    return from_dict(UserAdapterConfig, read_json(path), prefix="adapter_config")

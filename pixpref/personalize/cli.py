@@ -25,12 +25,11 @@ def _cmd_embed_user(args: argparse.Namespace) -> int:
     check_output_path(args.out, args.overwrite)
     pooling, head = args.pooling, args.head
     if pooling is None:  # the pooling (and head) the adapter that will read this profile was trained with
-        from pathlib import Path
 
         from pixpref.personalize.embeddings import read_user_encoder_spec
-        from pixpref.personalize.pipeline import SHIPPED_ADAPTERS, shipped_adapter_dir
+        from pixpref.personalize.pipeline import adapter_dir
 
-        folder = shipped_adapter_dir(args.adapter) if args.adapter in SHIPPED_ADAPTERS else Path(args.adapter)
+        folder = adapter_dir(args.adapter)
         spec = read_user_encoder_spec(folder)
         pooling, head = spec["pooling"], head or spec.get("head")
     args.pooling = pooling

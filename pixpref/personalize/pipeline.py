@@ -30,6 +30,11 @@ def shipped_adapter_dir(name: str = "dpo") -> Path:
     return Path(__file__).resolve().parent.parent / "pretrained" / "toy" / f"adapter_{name}"
 
 
+def adapter_dir(name_or_path: str | Path) -> Path:
+    """The folder of a shipped adapter ("dpo", "inpo") or the given adapter folder."""
+    return shipped_adapter_dir(str(name_or_path)) if str(name_or_path) in SHIPPED_ADAPTERS else Path(name_or_path)
+
+
 def load_lora(unet: Any, folder: Path) -> bool:
     """Attach the UNet LoRA trained beside an adapter (``unet_lora.safetensors``), if there is one."""
     path = Path(folder) / "unet_lora.safetensors"
@@ -78,7 +83,7 @@ class PersonalizedSampler:
 
         pipe = load_pipeline(base, device=device)
         pipe.set_progress_bar_config(disable=True)
-        folder = shipped_adapter_dir(adapter) if str(adapter) in SHIPPED_ADAPTERS else Path(adapter)
+        folder = adapter_dir(adapter)
         load_lora(pipe.unet, folder)
         ada = UserAdapter.from_pretrained(folder, pipe.unet).float()
         sampler = cls(pipe, ada, encoder, base_name=str(base))
