@@ -78,17 +78,13 @@ def _personalized_images(pipe, args: argparse.Namespace, steps: int, guidance: f
     """Install the user adapter on ``pipe`` and sample for the user given by --user or --user-pairs.
 
     Returns the uint8 images and the user scale used (--user-scale, else the adapter's saved scale)."""
-    import math
-
     import numpy as np
 
     from pixpref.personalize.adapter import UserAdapter
     from pixpref.personalize.embeddings import load_user_embedding, read_user_encoder_spec
     from pixpref.personalize.pipeline import PersonalizedSampler, adapter_dir, load_lora
 
-    if args.user_scale is not None and not math.isfinite(args.user_scale):
-        raise PixprefError(f"--user-scale must be a finite number, got {args.user_scale}")
-    folder = adapter_dir(args.adapter)
+    folder = adapter_dir(args.adapter)  # args were checked by check_generate_args (--user-scale included)
     load_lora(pipe.unet, folder)
     sampler = PersonalizedSampler(pipe, UserAdapter.from_pretrained(folder, pipe.unet).float(), base_name=str(args.model))
     sampler.encoder_spec = read_user_encoder_spec(folder)
