@@ -76,7 +76,10 @@ def report_section(report: dict, figures: str) -> list[str]:
     if summary.get("users"):
         lines += [f"Interpolation ({report['interpolation']['adapter']}, user a's embedding -> user b's, "
                   f"{summary['users']} users' own utilities): monotone {f3(summary['monotone'])}, right direction "
-                  f"end to end {f3(summary['right_direction'])}, mean change {summary['mean_change']:+.3f}.", ""]
+                  f"end to end {f3(summary['right_direction'])}, mean change {summary['mean_change']:+.3f}"
+                  + (f", no step significantly the wrong way {f3(summary['monotone_within_noise'])}"
+                     if "monotone_within_noise" in summary else "")
+                  + f" (pairs: {report['interpolation'].get('pairing', 'index')}).", ""]
     if report["training"]:
         rows = [[name, log["summary"]["last_step"], f"{log['summary'].get('wall_seconds', 0):.0f}",
                  f3(log["summary"].get("final_implicit_acc"))] for name, log in report["training"].items()]

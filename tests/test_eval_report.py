@@ -75,7 +75,12 @@ def test_report_json_keys_and_ranges(run):
     (curve,) = report["interpolation"]["curves"]
     assert curve["alpha"] == [0.0, 0.5, 1.0] and len(curve["utility_a"]) == len(curve["utility_b"]) == 3
     assert {"base_utility_a", "base_utility_b"} <= set(curve)
+    # default pairing "opposed" (its choice of pair is tested in test_ppd_evaluate.py), recorded with the correlation
+    assert report["interpolation"]["pairing"] == "opposed" and -1.0 <= curve["taste_correlation"] <= 1.0
+    assert {curve["user_a"], curve["user_b"]} <= set(report["setup"]["user_ids"])
     assert report["interpolation"]["summary"]["users"] == 2
+    assert len(curve["step_se_a"]) == len(curve["step_se_b"]) == 2 and min(curve["step_se_a"]) >= 0.0
+    assert 0.0 <= report["interpolation"]["summary"]["monotone_within_noise"] <= 1.0
     assert len(report["users"]) == USERS and all(u["description"].startswith("user ") for u in report["users"])
     assert set(report["training"]) == {"dpo"} and report["training"]["dpo"]["summary"]["last_step"] == 60
     assert any("missing.jsonl" in note for note in report["notes"])  # a missing log is skipped with a note
@@ -188,6 +193,14 @@ def test_misspelt_config_key_exits_2_naming_valid_keys(run, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
     assert "images_per_promt" in err and "valid keys" in err and "images_per_prompt" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_interpolation_pairing_names_the_valid_ones(run, tmp_path, capsys):
+    rc = main(["eval", "--config", str(TINY), "--set", f"data={run['data']}", "--set", "interpolation_pairing=random",
+               "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "interpolation_pairing" in err and "opposed" in err and "index" in err
     assert not (tmp_path / "o").exists()
 
 

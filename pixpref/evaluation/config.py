@@ -16,6 +16,8 @@ from pixpref.personalize.names import POOLINGS, USER_GUIDANCE_MODES
 DEFAULT_PROMPTS = ["a green circle", "an image of a orange square", "a photo of a cyan star", "a magenta triangle",
                    "a picture of one blue cross", "a yellow star"]
 
+INTERPOLATION_PAIRINGS = ("opposed", "index")
+
 
 @dataclass
 class EvalConfig:
@@ -46,7 +48,10 @@ class EvalConfig:
     # control for the primary adapter: each user's images made from another user's embedding (user i gets
     # user (i + U // 2) mod U's), judged by the true user: what personalization adds over a population shift
     mismatched_control: bool = True
-    interpolation_pairs: int = 2  # user pairs (users 0-1, 2-3, ...) with an interpolation curve
+    interpolation_pairs: int = 2  # user pairs with an interpolation curve
+    # which users are paired: "opposed" (default) greedily pairs the users whose utilities of the base model's
+    # images are most negatively correlated (personalize.evaluate.opposed_pairs); "index" pairs users 0-1, 2-3, ...
+    interpolation_pairing: str = "opposed"
     alphas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     grid_users: int = 4  # users with a base-vs-personalized image grid
     train_logs: dict[str, str] = field(default_factory=dict)  # name -> train_log.jsonl of train/train_ppd.py
@@ -76,6 +81,8 @@ class EvalConfig:
         if 2 * self.interpolation_pairs > self.users:
             raise PixprefError(f"interpolation_pairs={self.interpolation_pairs} needs {2 * self.interpolation_pairs} "
                                f"users, but users={self.users}")
+        if self.interpolation_pairing not in INTERPOLATION_PAIRINGS:
+            raise unknown_name("interpolation_pairing", self.interpolation_pairing, INTERPOLATION_PAIRINGS)
         if any(not 0.0 <= a <= 1.0 for a in self.alphas) or (self.interpolation_pairs and not self.alphas):
             raise PixprefError(f"alphas must be weights in [0, 1], got {self.alphas}")
         if not self.prompts:

@@ -87,23 +87,34 @@ def _few_shot(report: dict[str, Any]) -> list[str]:
     return [f"## Few-shot curve ({fs['adapter']})", "", *table(header, rows)]
 
 
+def _pairing_line(pairing: str) -> str:
+    if pairing == "opposed":
+        return ("Pairs: the users whose utilities of the base model's images are most negatively correlated "
+                "(interpolation_pairing: opposed).")
+    return "Pairs: users 0-1, 2-3, ... in order (interpolation_pairing: index)."
+
+
 def _interpolation(report: dict[str, Any]) -> list[str]:
     interp = report["interpolation"]
     if not interp["curves"]:
         return []
     lines = [f"## Interpolation ({interp['adapter']}, k = {interp['k']})", "",
-             "Embedding (1 - alpha) * user a + alpha * user b; mean oracle utility of the images for each user.", ""]
+             "Embedding (1 - alpha) * user a + alpha * user b; mean oracle utility of the images for each user.",
+             _pairing_line(interp.get("pairing", "index")), ""]
     summ = interp.get("summary") or {}
     if summ.get("users"):
         lines += [f"Over {summ['users']} users ({len(interp['curves'])} curves): monotone (own utility never moves "
                   f"the wrong way) {summ['monotone']:.2f}; right direction end to end {summ['right_direction']:.2f}; "
-                  f"mean change {summ['mean_change']:+.3f} (user a's fall, user b's rise).", ""]
+                  f"mean change {summ['mean_change']:+.3f} (user a's fall, user b's rise)"
+                  + (f"; no step significantly the wrong way (beyond 1.96 paired standard errors) "
+                     f"{summ['monotone_within_noise']:.2f}" if "monotone_within_noise" in summ else "") + ".", ""]
     for c in interp["curves"]:
         rows = [[f"{a:.2f}", f3(ua), f3(ub)] for a, ua, ub in zip(c["alpha"], c["utility_a"], c["utility_b"],
                                                                    strict=True)]
         base = (f" (base model's images: {f3(c['base_utility_a'])} and {f3(c['base_utility_b'])})"
                 if "base_utility_a" in c else "")
-        lines += [f"User {c['user_a']} -> user {c['user_b']}{base}:", "",
+        corr = f"; taste correlation {c['taste_correlation']:+.2f}" if "taste_correlation" in c else ""
+        lines += [f"User {c['user_a']} -> user {c['user_b']}{base}{corr}:", "",
                   *table(["alpha", f"utility of user {c['user_a']}", f"utility of user {c['user_b']}"], rows)]
     return lines
 

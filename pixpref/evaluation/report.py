@@ -170,7 +170,9 @@ def measure(config: EvalConfig, log: Callable[[str], None] = _log) -> tuple[dict
         base_images,
         interpolation_curve,
         interpolation_summary,
+        interpolation_user_pairs,
         personalized_images,
+        taste_correlations,
     )
     from pixpref.toyworld.oracle import measure as oracle_measure
 
@@ -278,13 +280,16 @@ def measure(config: EvalConfig, log: Callable[[str], None] = _log) -> tuple[dict
                     f"rate {adapters[name]['mismatched_users']['oracle']['win_rate']:.3f}")
             if name == primary:
                 emb = embeddings.get(specs[name], config.k)
-                for j in range(config.interpolation_pairs):
-                    a, b = users[2 * j], users[2 * j + 1]
-                    curve = interpolation_curve(apipe, adapter, setup, a, b, emb[2 * j], emb[2 * j + 1],
+                base_util = np.stack([u.utility(base_features) for u in users])  # (U, P*n)
+                corr = taste_correlations(base_util)
+                for i, j in interpolation_user_pairs(config, base_util):
+                    a, b = users[i], users[j]
+                    curve = interpolation_curve(apipe, adapter, setup, a, b, emb[i], emb[j],
                                                 alphas=tuple(config.alphas))
                     curves.append({"user_a": a.id, "user_b": b.id, **curve,
-                                   "base_utility_a": float(a.utility(base_features).mean()),
-                                   "base_utility_b": float(b.utility(base_features).mean())})
+                                   "base_utility_a": float(base_util[i].mean()),
+                                   "base_utility_b": float(base_util[j].mean()),
+                                   "taste_correlation": float(corr[i, j])})
         finally:
             adapter.remove(apipe.unet)
         lap(f"adapter {name}", start)
@@ -317,7 +322,7 @@ def measure(config: EvalConfig, log: Callable[[str], None] = _log) -> tuple[dict
                   "scorer_user_encoder": scorer_spec if scorer is not None else None, "primary": primary},
         "adapters": adapters,
         "few_shot": {"adapter": primary, "points": few_shot},
-        "interpolation": {"adapter": primary, "k": config.k, "curves": curves,
+        "interpolation": {"adapter": primary, "k": config.k, "pairing": config.interpolation_pairing, "curves": curves,
                           "summary": interpolation_summary(curves)},
         "training": train_logs,
         "checkpoint_curves": checkpoint_curves,

@@ -165,26 +165,93 @@ def interpolation_curve(pipe: Any, adapter: Any, setup: EvalSetup, user_a: Any, 
 
     embs = torch.stack([interpolate_users(emb_a, emb_b, float(a)) for a in alphas])
     images = personalized_images(pipe, adapter, setup, embs)  # (A, P, n, ...)
-    ua, ub = [], []
+    per_image_a, per_image_b = [], []  # (A, P*n): the same noises at every alpha
     for row in images:
         feats = measure(row.reshape(-1, *row.shape[2:]))
-        ua.append(float(np.mean(user_a.utility(feats))))
-        ub.append(float(np.mean(user_b.utility(feats))))
-    return {"alpha": [float(a) for a in alphas], "utility_a": ua, "utility_b": ub}
+        per_image_a.append(user_a.utility(feats))
+        per_image_b.append(user_b.utility(feats))
+    ua, ub = np.stack(per_image_a), np.stack(per_image_b)
+    return {"alpha": [float(a) for a in alphas], "utility_a": ua.mean(axis=1).tolist(),
+            "utility_b": ub.mean(axis=1).tolist(), "step_se_a": paired_step_se(ua), "step_se_b": paired_step_se(ub)}
+
+
+def paired_step_se(per_image: np.ndarray) -> list[float]:
+    """Standard error of each step's mean change along a curve, paired over its images.
+
+    ``per_image``: ``(A, N)`` one user's utility of N images (the same noises) at each of A points;
+    returns ``A - 1`` values, the standard error of mean(u[i + 1] - u[i]).
+    """
+    u = np.asarray(per_image, dtype=np.float64)
+    if u.ndim != 2 or u.shape[1] < 2:
+        raise PixprefError(f"paired_step_se needs (points, images>=2) utilities, got shape {u.shape}")
+    d = np.diff(u, axis=0)  # (A-1, N)
+    return (d.std(axis=1, ddof=1) / np.sqrt(u.shape[1])).tolist()
+
+
+def taste_correlations(utilities: np.ndarray) -> np.ndarray:
+    """``(U, U)`` Pearson correlations of users' utilities ``(U, N)`` of the same images (0 for a constant row)."""
+    centred = np.asarray(utilities, dtype=np.float64)
+    centred = centred - centred.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(centred, axis=1, keepdims=True)
+    unit = centred / np.where(norm > 0, norm, 1.0)
+    return unit @ unit.T
+
+
+def opposed_pairs(utilities: np.ndarray, count: int) -> list[tuple[int, int]]:
+    """``count`` disjoint user pairs whose tastes conflict most on the same images, for interpolation curves.
+
+    ``utilities``: ``(U, N)`` each user's utility of the same N images (e.g. the base model's). Pairs are taken
+    greedily by the most negative Pearson correlation between two users' utilities: interpolating between users
+    who rank the images alike cannot move either one's utility much, so a flat curve there says nothing.
+    """
+    u = np.asarray(utilities, dtype=np.float64)
+    if u.ndim != 2 or u.shape[1] < 2:
+        raise PixprefError(f"opposed_pairs needs (users, images>=2) utilities, got shape {u.shape}")
+    if not 0 <= 2 * count <= u.shape[0]:
+        raise PixprefError(f"opposed_pairs: {count} pairs need {2 * count} users, got {u.shape[0]}")
+    if not np.isfinite(u).all():
+        raise PixprefError("opposed_pairs: utilities hold NaN or inf")
+    corr = taste_correlations(u)
+    corr[np.arange(len(u)), np.arange(len(u))] = np.inf
+    pairs: list[tuple[int, int]] = []
+    for _ in range(count):
+        i, j = np.unravel_index(int(np.argmin(corr)), corr.shape)
+        pairs.append((int(min(i, j)), int(max(i, j))))
+        corr[[i, j], :] = np.inf
+        corr[:, [i, j]] = np.inf
+    return pairs
+
+
+def interpolation_user_pairs(config: Any, base_utilities: np.ndarray) -> list[tuple[int, int]]:
+    """Indices of the user pairs an evaluation interpolates between (``config.interpolation_pairing``)."""
+    if config.interpolation_pairing == "index":
+        return [(2 * j, 2 * j + 1) for j in range(config.interpolation_pairs)]
+    return opposed_pairs(base_utilities, config.interpolation_pairs)
+
+
+NOISE_Z = 1.96  # a wrong-way step counts against "monotone within noise" only beyond this many standard errors
 
 
 def interpolation_summary(curves: list[dict]) -> dict[str, float | int]:
     """How monotone interpolation curves are: moving from user a's embedding to user b's, user a's utility
     should fall and user b's rise. Per user (two per curve): ``monotone`` share whose utility never moves
     the wrong way between neighbouring alphas; ``right_direction`` share whose end-to-end change has the
-    right sign; ``mean_change`` the mean end-to-end change in the right direction (a's fall, b's rise)."""
-    changes, monotone = [], []
+    right sign; ``mean_change`` the mean end-to-end change in the right direction (a's fall, b's rise).
+    Curves with paired step standard errors (``step_se_a/b``, :func:`paired_step_se`) add
+    ``monotone_within_noise``: the share with no step significantly the wrong way (beyond ``NOISE_Z`` SE)."""
+    changes, monotone, within_noise = [], [], []
     for c in curves:
-        for utility, sign in ((np.asarray(c["utility_a"]), -1.0), (np.asarray(c["utility_b"]), 1.0)):
+        for side, sign in (("a", -1.0), ("b", 1.0)):
+            utility = np.asarray(c[f"utility_{side}"])
             steps = sign * np.diff(utility)
             monotone.append(bool((steps >= 0).all()))
             changes.append(float(sign * (utility[-1] - utility[0])))
+            if f"step_se_{side}" in c:
+                within_noise.append(bool((steps >= -NOISE_Z * np.asarray(c[f"step_se_{side}"])).all()))
     if not changes:
         return {"users": 0}
-    return {"users": len(changes), "monotone": float(np.mean(monotone)),
-            "right_direction": float(np.mean(np.asarray(changes) > 0)), "mean_change": float(np.mean(changes))}
+    summary = {"users": len(changes), "monotone": float(np.mean(monotone)),
+               "right_direction": float(np.mean(np.asarray(changes) > 0)), "mean_change": float(np.mean(changes))}
+    if len(within_noise) == len(changes):
+        summary["monotone_within_noise"] = float(np.mean(within_noise))
+    return summary
