@@ -13,6 +13,7 @@ from pixpref.scorer.toylabels import (
     draw_labels,
     make_pairs,
     make_personal_pairs,
+    make_render_pairs,
     oracle_utilities,
     user_embedder,
 )
@@ -149,3 +150,24 @@ def test_oracle_pair_shift_script_reports_each_kind(tmp_path, capsys):
     assert rows["blur"]["detail"]["decided"] == 1.0 and rows["noise"]["detail"]["decided"] == 1.0
     assert rows["position"]["features"]["cx"] > rows["blur"]["features"]["cx"]
     assert "colour" in capsys.readouterr().out
+    # read on the undegraded renders (the labels' default), a degradation moves detail and nothing else
+    assert mod.main(["--n", "12", "--content-from", "clean", "--json", str(tmp_path / "c.json")]) == 0
+    clean = {r["kind"]: r for r in json.loads((tmp_path / "c.json").read_text())["rows"]}
+    for kind in ("blur", "noise"):
+        assert clean[kind]["aesthetics"]["decided"] == clean[kind]["alignment"]["decided"] == 0.0
+        assert clean[kind]["detail"]["decided"] == 1.0
+
+
+def test_degradations_are_labelled_on_detail_only_when_content_is_read_clean():
+    """content_from: clean reads aesthetics and alignment on the undegraded pixels, so a blur / noise pair
+    (one scene or one sample, degraded) is a tie on both; read on the shown pixels, some of them are decided."""
+    cfg = dict(render_pairs=60, render_kinds=["blur", "noise"], label_keep=1.0, seed=4)
+    clean, shown = make_render_pairs(ToyLabelConfig(**cfg)), make_render_pairs(ToyLabelConfig(**cfg, content_from="pixels"))
+    np.testing.assert_array_equal(clean.images, shown.images)  # the same pairs, only the labels differ
+    for d in ("aesthetics", "alignment"):
+        assert (clean.labels[d] == 0.5).all()
+    assert (shown.labels["aesthetics"] != 0.5).mean() > 0.1
+    assert (clean.labels["detail"] != 0.5).mean() > 0.9 and np.array_equal(clean.labels["detail"] != 0.5,
+                                                                             shown.labels["detail"] != 0.5)
+    with pytest.raises(PixprefError, match="content_from.*clean.*pixels"):
+        ToyLabelConfig(content_from="scene")

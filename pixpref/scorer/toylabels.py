@@ -11,6 +11,12 @@ Each text dimension has an **oracle utility** in [0, 1], computed from pixels al
                 ``python scripts/oracle_sharpness.py``), and two crisp images must not differ in detail
     overall     OVERALL_WEIGHTS: 0.30 aesthetics + 0.45 alignment + 0.25 detail
 
+Blur and pixel noise are detail faults. With ``content_from: clean`` (the default) aesthetics and alignment
+are read on each image's *undegraded* pixels (the same scene rendered, or the same sample, before blur and
+noise), detail on the pixels shown. Read on the degraded pixels, the measured lightness and size move under
+blur or noise (mean |change| 0.06-0.075; ``python scripts/oracle_pair_shift.py``), so 28-38% of pairs that
+show one scene with and without a degradation got a decided aesthetics label from measurement error alone.
+
 A pair (a, b) gets, per dimension, P(a preferred) = sigmoid((u_a - u_b) / temperature) (Bradley-Terry)
 and a label drawn from it: 1 (a won), 0 (b won), or 0.5 (a tie, when |u_a - u_b| < tie_margin). The
 best possible scorer given this label noise reaches the **Bayes ceiling**, the mean over decided pairs of
@@ -44,6 +50,7 @@ OVERALL_WEIGHTS = {"aesthetics": 0.30, "alignment": 0.45, "detail": 0.25}
 RENDER_KINDS = ("style", "blur", "noise", "colour", "shape", "position", "size", "mixed")
 MODEL_KINDS = ("model_style", "model_blur", "model_noise", "model_wrong", "model_mixed")
 SOURCES = ("render", "model")
+CONTENT_SOURCES = ("clean", "pixels")  # ToyLabelConfig.content_from
 USER_ENCODERS = ("toy", "oracle", "<VLM folder>")
 
 
@@ -132,6 +139,8 @@ class ToyLabelConfig:
     temperature: float = 0.025  # Bradley-Terry temperature of the dimension oracles (utilities in [0, 1])
     tie_margin: float = 0.05  # |u_a - u_b| below this is a tie (label 0.5)
     crisp_sharpness: float = CRISP_SHARPNESS  # detail oracle: measured sharpness from which an image is crisp
+    # which pixels the aesthetics and alignment oracles read: "clean" (before blur / pixel noise) or "pixels"
+    content_from: str = "clean"
     label_keep: float = 0.8  # chance that a pair keeps its label on each text dimension
     users: int = 0  # synthetic population size (0: no personal pairs)
     user_seed: int = 0  # seed of the population (train / unseen split)
@@ -168,6 +177,8 @@ class ToyLabelConfig:
             raise PixprefError(f"model_pairs > 0 needs model_kinds; valid: {', '.join(MODEL_KINDS)}")
         if self.temperature <= 0:
             raise PixprefError(f"data.temperature must be > 0, got {self.temperature}")
+        if self.content_from not in CONTENT_SOURCES:
+            raise unknown_name("data.content_from", self.content_from, CONTENT_SOURCES)
         if not 0 < self.crisp_sharpness <= 1:
             raise PixprefError(f"data.crisp_sharpness must be in (0, 1], got {self.crisp_sharpness}")
         if self.tie_margin < 0 or self.user_tie_margin < 0:
@@ -279,15 +290,34 @@ def concat(parts: list[ToyPairs]) -> ToyPairs:
         np.concatenate(emb) if emb else np.zeros((0, 1, 1), np.float32), dict(parts[0].meta))
 
 
+def pair_utilities(images: np.ndarray, prompts: list[str], clean: np.ndarray | None = None,
+                   crisp_sharpness: float = CRISP_SHARPNESS) -> dict[str, np.ndarray]:
+    """Oracle utilities ``(N, 2)`` per text dimension of pairs ``images (N, 2, H, W, 3)``.
+
+    ``clean``: the same pairs before blur and pixel noise; aesthetics and alignment are then read on them
+    and detail on ``images`` (overall recombined), as ``content_from: clean`` labels them.
+    """
+    n = len(images)
+    two = [p for p in prompts for _ in range(2)]
+    util = oracle_utilities(images.reshape(n * 2, *images.shape[2:]), two, crisp_sharpness)
+    if clean is not None:
+        if clean.shape != images.shape:
+            raise PixprefError(f"clean images {clean.shape} do not match the pairs {images.shape}")
+        content = oracle_utilities(clean.reshape(n * 2, *clean.shape[2:]), two, crisp_sharpness)
+        util["aesthetics"], util["alignment"] = content["aesthetics"], content["alignment"]
+        util["overall"] = sum(w * util[d] for d, w in OVERALL_WEIGHTS.items())
+    return {d: u.reshape(n, 2) for d, u in util.items()}
+
+
 def _label_text_dims(images: np.ndarray, prompts: list[str], cfg: ToyLabelConfig, rng: np.random.Generator,
-                     keep: bool = True) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+                     keep: bool = True, clean: np.ndarray | None = None
+                     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Oracle labels for pairs ``images (N, 2, H, W, 3)``; with ``keep`` some are dropped (NaN)."""
     n = len(images)
-    flat = images.reshape(n * 2, *images.shape[2:])
-    util = oracle_utilities(flat, [p for p in prompts for _ in range(2)], cfg.crisp_sharpness)
+    util = pair_utilities(images, prompts, clean if cfg.content_from == "clean" else None, cfg.crisp_sharpness)
     labels, probs = {}, {}
     for d in TEXT_DIMENSIONS:
-        u = util[d].reshape(n, 2)
+        u = util[d]
         probs[d], labels[d] = draw_labels(u[:, 0], u[:, 1], cfg.temperature, cfg.tie_margin, rng)
         if keep and cfg.label_keep < 1:
             labels[d][rng.random(n) >= cfg.label_keep] = np.nan
@@ -314,8 +344,10 @@ def _degrade_scene(scene: Any, rng: np.random.Generator) -> Any:
     return scene
 
 
-def render_pair(kind: str, rng: np.random.Generator, size: int, combos: str) -> tuple[str, np.ndarray]:
-    """One renderer pair of ``kind`` -> (prompt, images (2, H, W, 3)); "a" is the cleaner/base image."""
+def render_pair(kind: str, rng: np.random.Generator, size: int,
+                combos: str) -> tuple[str, np.ndarray, np.ndarray]:
+    """One renderer pair of ``kind`` -> (prompt, images (2, H, W, 3), clean (2, H, W, 3)); "a" is the
+    cleaner/base image; ``clean`` renders the same two scenes without blur and noise."""
     from pixpref.toyworld.render import render
     from pixpref.toyworld.scene import COLOURS, PROMPT_TEMPLATES, SHAPES, SIZE_RANGE, sample_scene
 
@@ -341,7 +373,9 @@ def render_pair(kind: str, rng: np.random.Generator, size: int, combos: str) -> 
     else:
         raise unknown_name("render pair kind", kind, RENDER_KINDS)
     noise_rng = np.random.default_rng(rng.integers(2**32))
-    return prompt, np.stack([render(base, size, noise_rng), render(other, size, noise_rng)])
+    images = np.stack([render(base, size, noise_rng), render(other, size, noise_rng)])
+    clean = np.stack([render(sc.replace(blur=0.0, noise=0.0), size) for sc in (base, other)])
+    return prompt, images, clean
 
 
 def degrade_pixels(image: np.ndarray, rng: np.random.Generator, blur: float = 0.0, noise: float = 0.0) -> np.ndarray:
@@ -364,8 +398,9 @@ def _random_degrade(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return degrade_pixels(image, rng, blur, noise)
 
 
-def model_pair(kind: str, pool: Any, rng: np.random.Generator) -> tuple[str, np.ndarray]:
-    """One pair of base-model samples of ``kind`` (see :data:`MODEL_KINDS`) -> (prompt, images (2, H, W, 3))."""
+def model_pair(kind: str, pool: Any, rng: np.random.Generator) -> tuple[str, np.ndarray, np.ndarray]:
+    """One pair of base-model samples of ``kind`` (see :data:`MODEL_KINDS`) -> (prompt, images (2, H, W, 3),
+    clean (2, H, W, 3)): ``clean`` holds the samples before pixel blur and noise."""
     from pixpref.toyworld.scene import PROMPT_TEMPLATES
 
     keys = sorted(pool.images)
@@ -374,6 +409,7 @@ def model_pair(kind: str, pool: Any, rng: np.random.Generator) -> tuple[str, np.
     own = pool.images[(colour, shape)]
     i, j = rng.choice(len(own), size=2, replace=False)
     a, b = own[i], own[j]
+    clean = None
     if kind == "model_blur":
         b = degrade_pixels(a, rng, blur=float(rng.uniform(0.5, 1.6)))
     elif kind == "model_noise":
@@ -385,18 +421,22 @@ def model_pair(kind: str, pool: Any, rng: np.random.Generator) -> tuple[str, np.
             other = pool.images[near[rng.integers(len(near))]]
             b = other[rng.integers(len(other))]
     elif kind == "model_mixed":
+        clean = np.stack([a, b])
         a, b = _random_degrade(a, rng), _random_degrade(b, rng)
     elif kind != "model_style":
         raise unknown_name("model pair kind", kind, MODEL_KINDS)
-    return prompt, np.stack([a, b])
+    if clean is None:  # blur / noise degrade a copy of a; wrong / style pairs are not degraded
+        clean = np.stack([a, a]) if kind in ("model_blur", "model_noise") else np.stack([a, b])
+    return prompt, np.stack([a, b]), clean
 
 
 def _finish(prompts: list[str], images: list[np.ndarray], kinds: list[str], source: str, cfg: ToyLabelConfig,
-            rng: np.random.Generator) -> ToyPairs:
-    imgs = np.stack(images)  # (N, 2, H, W, 3)
+            rng: np.random.Generator, clean: list[np.ndarray]) -> ToyPairs:
+    imgs, cln = np.stack(images), np.stack(clean)  # (N, 2, H, W, 3) each
     swap = rng.random(len(imgs)) < 0.5  # the cleaner image is not always "a"
     imgs[swap] = imgs[swap][:, ::-1]
-    labels, probs = _label_text_dims(imgs, prompts, cfg, rng)
+    cln[swap] = cln[swap][:, ::-1]
+    labels, probs = _label_text_dims(imgs, prompts, cfg, rng, clean=cln)
     n = len(imgs)
     return ToyPairs(imgs, prompts, kinds, [source] * n, labels, probs, np.full(n, -1), np.full(n, -1),
                     np.zeros((0, 1, 1), np.float32), {"temperature": cfg.temperature, "tie_margin": cfg.tie_margin})
@@ -407,27 +447,29 @@ def make_render_pairs(cfg: ToyLabelConfig, progress: bool = False) -> ToyPairs:
     from tqdm.auto import tqdm
 
     rng = np.random.default_rng([cfg.seed, 1])
-    prompts, images, kinds = [], [], []
+    prompts, images, clean, kinds = [], [], [], []
     for _ in tqdm(range(cfg.render_pairs), desc="render pairs", disable=not progress):
         kind = cfg.render_kinds[rng.integers(len(cfg.render_kinds))]
-        prompt, pair = render_pair(kind, rng, cfg.image_size, cfg.combos)
+        prompt, pair, undegraded = render_pair(kind, rng, cfg.image_size, cfg.combos)
         prompts.append(prompt)
         images.append(pair)
+        clean.append(undegraded)
         kinds.append(kind)
-    return _finish(prompts, images, kinds, "render", cfg, rng)
+    return _finish(prompts, images, kinds, "render", cfg, rng, clean)
 
 
 def make_model_pairs(cfg: ToyLabelConfig, pool: Any) -> ToyPairs:
     """``cfg.model_pairs`` pairs of the base model's samples (``pool``: a SamplePool)."""
     rng = np.random.default_rng([cfg.seed, 2])
-    prompts, images, kinds = [], [], []
+    prompts, images, clean, kinds = [], [], [], []
     for _ in range(cfg.model_pairs):
         kind = cfg.model_kinds[rng.integers(len(cfg.model_kinds))]
-        prompt, pair = model_pair(kind, pool, rng)
+        prompt, pair, undegraded = model_pair(kind, pool, rng)
         prompts.append(prompt)
         images.append(pair)
+        clean.append(undegraded)
         kinds.append(kind)
-    return _finish(prompts, images, kinds, "model", cfg, rng)
+    return _finish(prompts, images, kinds, "model", cfg, rng, clean)
 
 
 def sample_pool(cfg: ToyLabelConfig, progress: bool = False) -> Any:
