@@ -214,9 +214,10 @@ def test_wilson_interval_matches_scipy():
 def test_shipped_toy_scorer_beats_plain_clip_on_held_out_renderer_pairs():
     """Floors for the shipped toy scorer on renderer pairs it never saw (another seed, all combos): each
     conditioned dimension beats the same backbone read as plain CLIP, and stays near its measured accuracy
-    (``scripts/eval_scorer.py``, 1500 renderer pairs, detail oracle with the crisp floor: aesthetics 0.858,
-    alignment 0.958, detail 0.942). The issue's 0.90 target on aesthetics is not met yet; each floor is the
-    measured level minus the sampling noise of 600 pairs."""
+    (``scripts/eval_scorer.py``, 1500 renderer pairs, detail oracle with the crisp floor, aesthetics and
+    alignment read on the undegraded pixels: aesthetics 0.888, alignment 0.962, detail 0.942; these 600
+    pairs: 0.865 / 0.973 / 0.959). The issue's 0.90 target on renderer-pair aesthetics is not met yet; each
+    floor is the measured level minus the sampling noise of 600 pairs."""
     from pixpref.scorer import PreferenceScorer
     from pixpref.scorer.benchmarks import evaluate_pairs, plain_clip_model, score_pairs
     from pixpref.scorer.toylabels import ToyLabelConfig, make_pairs
@@ -227,7 +228,7 @@ def test_shipped_toy_scorer_beats_plain_clip_on_held_out_renderer_pairs():
                                       users=0))
     ours = evaluate_pairs(model, pairs, dims)
     clip = evaluate_pairs(model, pairs, dims, scores=score_pairs(plain_clip_model(model), pairs, dims, clip_baseline=True))
-    floors = {"aesthetics": 0.80, "alignment": 0.90, "detail": 0.88}
+    floors = {"aesthetics": 0.82, "alignment": 0.93, "detail": 0.91}
     for d in dims:
         assert ours[d]["accuracy"] >= floors[d], (d, ours[d], floors[d])
     for d in ("aesthetics", "detail"):  # where the condition has to read more than the prompt
