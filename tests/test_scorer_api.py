@@ -215,9 +215,8 @@ def test_shipped_toy_scorer_beats_plain_clip_on_held_out_renderer_pairs():
     """Floors for the shipped toy scorer on renderer pairs it never saw (another seed, all combos): each
     conditioned dimension beats the same backbone read as plain CLIP, and stays near its measured accuracy
     (``scripts/eval_scorer.py``, 1500 renderer pairs, detail oracle with the crisp floor, aesthetics and
-    alignment read on the undegraded pixels: aesthetics 0.888, alignment 0.962, detail 0.942; these 600
-    pairs: 0.865 / 0.973 / 0.959). The issue's 0.90 target on renderer-pair aesthetics is not met yet; each
-    floor is the measured level minus the sampling noise of 600 pairs."""
+    alignment read on the undegraded pixels: aesthetics 0.904, alignment 0.962, detail 0.935; these 600
+    pairs: 0.873 / 0.973 / 0.945). Each floor is the measured level minus the sampling noise of 600 pairs."""
     from pixpref.scorer import PreferenceScorer
     from pixpref.scorer.benchmarks import evaluate_pairs, plain_clip_model, score_pairs
     from pixpref.scorer.toylabels import ToyLabelConfig, make_pairs
