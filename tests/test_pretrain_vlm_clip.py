@@ -51,8 +51,15 @@ def test_multi_positive_loss_reduces_to_clip_loss():
 
 
 def test_shipped_configs_load_and_validate():
-    vcfg = load_config(ROOT / "configs/toy/pretrain_vlm.yaml", pvlm.PretrainConfig)
-    ccfg = load_config(ROOT / "configs/toy/pretrain_clip.yaml", pclip.PretrainConfig)
+    from pixpref.pretrain.cli import stage_configs
+
+    vstages = stage_configs("vlm", [])
+    # the shipped VLM's four stages: the LM tasks, 600 more steps, a vision warm-up then a frozen tower, colour swap
+    assert [c.steps for c in vstages] == [1100, 600, 1200, 1200]
+    assert [c.freeze_vision for c in vstages] == [False, False, True, True]
+    assert vstages[2].vision_steps == 8000 and vstages[3].vision_steps == 0 and vstages[3].caption_colour_swap == 0.3
+    vcfg = vstages[0]
+    (ccfg,) = stage_configs("clip", [])
     # 4 pairs = 8 images fit the toy LLaVA's positions
     assert vcfg.max_pairs == 4 and 8 * vcfg.model.image_tokens < vcfg.model.max_positions
     assert ccfg.model_name == "pixpref-toy-clip"
