@@ -204,6 +204,31 @@ def test_unknown_interpolation_pairing_names_the_valid_ones(run, tmp_path, capsy
     assert not (tmp_path / "o").exists()
 
 
+def test_user_chunk_pairs_reads_the_examples_in_chunks(run, tmp_path, capsys):
+    import torch
+
+    from pixpref.evaluation.examples import few_shot_examples, unseen_pairs, unseen_users
+    from pixpref.evaluation.report import UserEmbeddings
+    from pixpref.models.vlm import load_vlm
+    from pixpref.personalize.user_encoder import UserEncoder, UserEncoderConfig
+
+    assert run["report"]["setup"]["user_chunk_pairs"] == 0
+    users = unseen_users(run["data"], USERS, 0)
+    examples = {4: few_shot_examples(unseen_pairs(run["data"], users), 4)}
+    spec = json.loads((ROOT / "pixpref" / "pretrained" / "toy" / "adapter_dpo" / "user_encoder.json").read_text())
+    whole = UserEmbeddings(users, examples).get(spec, 4)
+    chunked = UserEmbeddings(users, examples, chunk_pairs=2).get(spec, 4)
+    enc = UserEncoder(*load_vlm("toy", dtype=torch.float32), UserEncoderConfig(pooling=spec["pooling"]))
+    first = [examples[4][str(u.id)] for u in users]
+    want = (enc.encode([e[:2] for e in first]) + enc.encode([e[2:] for e in first])) / 2
+    torch.testing.assert_close(chunked, want, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(chunked, whole, atol=1e-4)
+    rc = main(["eval", "--config", str(TINY), "--set", f"data={run['data']}", "--set", "user_chunk_pairs=-2",
+               "--out", str(tmp_path / "o")])
+    assert rc == 2 and "user_chunk_pairs must be >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_existing_output_is_refused_without_overwrite(run, capsys):
     before = (run["out"] / "report.json").read_text()
     rc = main(["eval", "--config", str(TINY), "--set", f"data={run['data']}", "--out", str(run["out"])])

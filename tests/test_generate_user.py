@@ -42,6 +42,24 @@ def test_embed_user_writes_a_profile(user_files):
     assert meta["pooling"] == "image_contrast_all_layers"  # what the shipped DPO adapter was trained with
 
 
+def test_embed_user_reads_many_pairs_in_chunks(user_files, tmp_path, capsys):
+    jsonl, four_path = user_files
+    many = jsonl.parent / "many.jsonl"  # beside pairs.jsonl: the same relative image paths
+    many.write_text(jsonl.read_text() * 3)  # 12 pairs: the four, three times
+    assert main(["embed-user", "--pairs", str(many), "--out", str(tmp_path / "one.safetensors")]) == 2
+    assert "exceed max_pairs=8" in capsys.readouterr().err
+    assert main(["embed-user", "--pairs", str(many), "--out", str(tmp_path / "chunked.safetensors"),
+                 "--chunk-pairs", "4"]) == 0
+    chunked, meta = load_user_embedding(tmp_path / "chunked.safetensors")
+    assert meta["chunk_pairs"] == "4" and meta["num_pairs"] == "12"
+    # three chunks holding the same four pairs: their mean is the four pairs' own embedding
+    four, _ = load_user_embedding(four_path)
+    torch.testing.assert_close(chunked, four, atol=1e-4, rtol=1e-3)
+    assert main(["embed-user", "--pairs", str(many), "--out", str(tmp_path / "bad.safetensors"),
+                 "--chunk-pairs", "-1"]) == 2
+    assert "chunk_pairs must be >= 0" in capsys.readouterr().err and not (tmp_path / "bad.safetensors").exists()
+
+
 def test_user_scale_zero_is_the_base_model_and_a_user_changes_images(user_files, tmp_path):
     jsonl, emb = user_files
     assert _generate(tmp_path / "base") == 0

@@ -163,3 +163,32 @@ def test_cache_made_by_other_vlm_weights_is_refused(tmp_path):
     model.save_pretrained(folder)  # same folder, other weights
     with pytest.raises(PixprefError, match="vlm_weights"):
         check_cache(cache, user_cfg, arrays, chunks, tmp_path / "c.safetensors")
+
+
+@pytest.mark.parametrize("pooling", ["last_token_all_layers", "image_contrast_all_layers"])
+def test_chunked_reading_is_the_pair_weighted_mean_of_the_chunks(tiny_vlm, pooling):
+    plain = UserEncoder(*tiny_vlm, UserEncoderConfig(pooling=pooling))
+    chunked = UserEncoder(*tiny_vlm, UserEncoderConfig(pooling=pooling, chunk_pairs=2, batch_size=3))
+    five, three = _pairs(5, 5), _pairs(6, 3)
+    got = chunked.encode([five, three])
+    # chunks of 2, 2, 1 and 2, 1 pairs, each read in its own prompt, averaged by their number of pairs
+    want5 = (2 * plain.encode_one(five[:2]) + 2 * plain.encode_one(five[2:4]) + plain.encode_one(five[4:])) / 5
+    want3 = (2 * plain.encode_one(three[:2]) + plain.encode_one(three[2:])) / 3
+    torch.testing.assert_close(got[0], want5, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got[1], want3, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(got[0], plain.encode_one(five), atol=1e-3)  # one long prompt reads differently
+    # a user with no more pairs than a chunk is read exactly as without chunking
+    torch.testing.assert_close(chunked.encode([five[:2]])[0], plain.encode_one(five[:2]), atol=1e-5, rtol=1e-4)
+
+
+def test_chunked_reading_errors_name_the_user_and_pairs(tiny_vlm):
+    enc = UserEncoder(*tiny_vlm, UserEncoderConfig(chunk_pairs=2))
+    bad = _pairs(0, 3) + [("a red star", np.zeros((32, 32, 4), np.uint8), np.zeros((32, 32, 3), np.uint8))]
+    with pytest.raises(PixprefError, match=r"user 1 \(pairs 3-4\): example 1 chosen image"):
+        enc.encode([_pairs(1, 2), bad])
+    with pytest.raises(PixprefError, match="user 0: .*zero pairs"):
+        enc.encode([[]])
+    with pytest.raises(PixprefError, match="chunk_pairs must be >= 0"):
+        UserEncoderConfig(chunk_pairs=-1)
+    with pytest.raises(PixprefError, match="does not apply to pooling preference_head"):
+        UserEncoderConfig(pooling="preference_head", chunk_pairs=4)

@@ -45,6 +45,9 @@ class EvalConfig:
     k: int = 4  # examples per user for the headline win rates
     few_shot_k: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # the few-shot curve's k values
     example_seed: int = 0  # which of a user's pairs are the k examples
+    # VLM users: read the k examples in prompts of this many pairs and average the chunks' embeddings
+    # (0: all k in one prompt; 4 keeps k = 8 inside the 4-pair prompts the adapters were trained on)
+    user_chunk_pairs: int = 0
     # control for the primary adapter: each user's images made from another user's embedding (user i gets
     # user (i + U // 2) mod U's), judged by the true user: what personalization adds over a population shift
     mismatched_control: bool = True
@@ -76,6 +79,8 @@ class EvalConfig:
                 raise PixprefError(f"{name} must be >= 0, got {value}")
         if self.guidance < 0:
             raise PixprefError(f"guidance must be >= 0, got {self.guidance}")
+        if self.user_chunk_pairs < 0:
+            raise PixprefError(f"user_chunk_pairs must be >= 0 (0: one prompt per user), got {self.user_chunk_pairs}")
         if any(k < 1 for k in self.few_shot_k) or len(set(self.few_shot_k)) != len(self.few_shot_k):
             raise PixprefError(f"few_shot_k must hold distinct values >= 1, got {self.few_shot_k}")
         if 2 * self.interpolation_pairs > self.users:

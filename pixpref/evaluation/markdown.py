@@ -28,7 +28,9 @@ def _setup(report: dict[str, Any]) -> list[str]:
         f"Wall time: {report['seconds']:.0f} s", "",
         f"Unseen users: {s['users']} (ids {', '.join(map(str, s['user_ids']))}) from `{s['data']}`; "
         f"base model `{s['base']}`; {len(s['prompts'])} prompts x {s['images_per_prompt']} images, "
-        f"{s['steps']} steps, guidance {s['guidance']}; k = {s['k']} examples per user. Each adapter is judged on "
+        f"{s['steps']} steps, guidance {s['guidance']}; k = {s['k']} examples per user"
+        + (f" (the VLM reads them {s['user_chunk_pairs']} pairs per prompt, chunks averaged)"
+           if s.get("user_chunk_pairs") else "") + ". Each adapter is judged on "
         f"{s['comparisons']} comparisons (user x prompt x noise), its image against the base image from the "
         "same noise; ties count half; 95% Wilson intervals.", "",
         "Judges: the **oracle** (each synthetic user's exact utility of the oracle's pixel measurements) and "

@@ -33,8 +33,9 @@ class UserEmbeddings:
     """Embeddings of the evaluated users, per (embedding spec, k); each VLM is loaded once."""
 
     def __init__(self, users: list[Any], examples: dict[int, dict[str, list]], device: str = "cpu",
-                 prior: tuple[Any, Any] | None = None):
+                 prior: tuple[Any, Any] | None = None, chunk_pairs: int = 0):
         self.users = users
+        self.chunk_pairs = chunk_pairs  # VLM sources: pairs per prompt, chunks averaged (0: one prompt)
         self.prior = prior  # (weights, temperatures) of the training users: source "oracle_posterior"
         self.examples = examples  # k -> user id -> k examples
         self.device = device
@@ -60,7 +61,8 @@ class UserEmbeddings:
             w, t = self.prior
             return torch.stack([torch.as_tensor(examples_posterior(self.examples[k][str(u.id)], w, t),
                                                 dtype=torch.float32)[None] for u in self.users])
-        key = (spec["vlm"], spec["pooling"], int(spec.get("generate_tokens", 0)), spec.get("head", "toy"), k)
+        chunk = 0 if spec["pooling"] == "preference_head" else self.chunk_pairs
+        key = (spec["vlm"], spec["pooling"], int(spec.get("generate_tokens", 0)), spec.get("head", "toy"), k, chunk)
         if key not in self._cache:
             from pixpref.personalize.user_encoder import UserEncoder, config_from_spec
 
@@ -69,7 +71,7 @@ class UserEmbeddings:
 
                 self._vlms[spec["vlm"]] = load_vlm(spec["vlm"], dtype=torch.float32, device=self.device)
             model, processor = self._vlms[spec["vlm"]]
-            config = config_from_spec(spec, max_pairs=max(8, k))
+            config = config_from_spec(spec, max_pairs=max(8, k), chunk_pairs=chunk)
             encoder = UserEncoder(model, processor, config)
             self._cache[key] = encoder.encode([self.examples[k][str(u.id)] for u in self.users])
         return self._cache[key]
@@ -214,7 +216,7 @@ def measure(config: EvalConfig, log: Callable[[str], None] = _log) -> tuple[dict
         from pixpref.toyworld.users import load_users, training_prior
 
         prior = training_prior(load_users(data / "users.json").users)[1:]
-    embeddings = UserEmbeddings(users, examples, config.device, prior=prior)
+    embeddings = UserEmbeddings(users, examples, config.device, prior=prior, chunk_pairs=config.user_chunk_pairs)
     scorer_spec = {"source": "vlm", "vlm": config.scorer_vlm, "pooling": config.scorer_pooling}
     if config.scorer:  # a scorer that records how it embeds users overrides the config
         from pixpref.scorer.api import user_encoder_spec
@@ -318,6 +320,7 @@ def measure(config: EvalConfig, log: Callable[[str], None] = _log) -> tuple[dict
         "setup": {"data": str(data), "base": config.base, "users": u_, "user_ids": [u.id for u in users],
                   "prompts": setup.prompts, "images_per_prompt": n_, "steps": setup.steps,
                   "guidance": setup.guidance, "noise_seed": setup.noise_seed, "k": config.k,
+                  "user_chunk_pairs": config.user_chunk_pairs,
                   "comparisons": u_ * p_ * n_, "scorer": config.scorer or None,
                   "scorer_user_encoder": scorer_spec if scorer is not None else None, "primary": primary},
         "adapters": adapters,

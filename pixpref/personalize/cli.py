@@ -33,11 +33,14 @@ def _cmd_embed_user(args: argparse.Namespace) -> int:
         spec = read_user_encoder_spec(folder)
         pooling, head = spec["pooling"], head or spec.get("head")
     args.pooling = pooling
-    config = UserEncoderConfig(vlm=args.vlm, pooling=pooling, head=head or "toy", max_pairs=args.max_pairs)
+    config = UserEncoderConfig(vlm=args.vlm, pooling=pooling, head=head or "toy", max_pairs=args.max_pairs,
+                               chunk_pairs=args.chunk_pairs)
     pairs = read_user_pairs(args.pairs, image_size=args.image_size)
     encoder = UserEncoder.from_pretrained(args.vlm, config)
     emb = encoder.encode_one(pairs)
     meta = {"vlm": args.vlm, "pooling": args.pooling, "num_pairs": len(pairs)}
+    if args.chunk_pairs:
+        meta["chunk_pairs"] = args.chunk_pairs
     if pooling == "preference_head":
         meta["head"] = config.head
     save_user_embedding(args.out, emb, meta)
@@ -62,6 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="pooling preference_head: the head, 'toy' or a folder (default: what --adapter was trained with)")
     p.add_argument("--adapter", default="dpo", help="the adapter that will read this profile: dpo, inpo or a folder")
     p.add_argument("--max-pairs", type=int, default=8, help="most examples read in one prompt")
+    p.add_argument("--chunk-pairs", type=int, default=0, metavar="N",
+                   help="read the pairs N per prompt and average the chunks (0: one prompt; e.g. 4 for more "
+                        "pairs than --max-pairs)")
     p.add_argument("--image-size", type=int, default=32, help="images are resized to this (toy: 32)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=_cmd_embed_user)

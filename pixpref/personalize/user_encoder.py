@@ -55,6 +55,7 @@ class UserEncoderConfig:
     generate_tokens: int = 0  # >0: write this many tokens greedily first (PPD), use the last one
     max_pairs: int = 8  # a prompt holds at most this many pairs
     batch_size: int = 8  # users per VLM forward
+    chunk_pairs: int = 0  # >0: read a user's pairs in prompts of this many and average the chunks' embeddings
 
     def __post_init__(self):
         if self.pooling not in POOLINGS:
@@ -67,12 +68,18 @@ class UserEncoderConfig:
             raise PixprefError(f"max_pairs must be >= 1, got {self.max_pairs}")
         if self.batch_size < 1:
             raise PixprefError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.chunk_pairs < 0:
+            raise PixprefError(f"chunk_pairs must be >= 0 (0: all pairs in one prompt), got {self.chunk_pairs}")
+        if self.chunk_pairs and self.pooling == "preference_head":
+            raise PixprefError("chunk_pairs does not apply to pooling preference_head, which reads each pair alone; "
+                               "set chunk_pairs: 0")
 
 
 def config_from_spec(spec: dict[str, Any], **overrides: Any) -> UserEncoderConfig:
     """The encoder settings an adapter's user_encoder.json (or a saved embedding's metadata) records."""
     kwargs = {"vlm": str(spec.get("vlm", "toy")), "pooling": spec.get("pooling", "last_token_all_layers"),
-              "generate_tokens": int(spec.get("generate_tokens", 0)), "head": str(spec.get("head", "toy"))}
+              "generate_tokens": int(spec.get("generate_tokens", 0)), "head": str(spec.get("head", "toy")),
+              "chunk_pairs": int(spec.get("chunk_pairs", 0))}
     return UserEncoderConfig(**(kwargs | overrides))
 
 
@@ -227,11 +234,36 @@ class UserEncoder:
             raise PixprefError("encode() needs at least one user; got an empty list")
         if self.config.pooling == "preference_head":
             return self._encode_with_head(users)
+        if self.config.chunk_pairs:
+            return self._encode_in_chunks(users)
         out = []
         bs = self.config.batch_size
         for start in range(0, len(users), bs):
             out.append(self._encode_batch(users[start:start + bs], offset=start))
         return torch.cat(out)
+
+    def _encode_in_chunks(self, users: Sequence[Sequence[Any]]) -> torch.Tensor:
+        """Each user's pairs in consecutive prompts of ``chunk_pairs`` (the last may be shorter); the user's
+        embedding is the mean of its chunks' embeddings, weighted by their number of pairs. A model trained
+        on k-pair prompts so reads more than k pairs without prompts longer than it has seen."""
+        n = self.config.chunk_pairs
+        chunks, owner, weight, labels = [], [], [], []
+        for i, pairs in enumerate(users):
+            if len(pairs) == 0:
+                raise PixprefError(f"user {i}: a user needs at least one pairwise example; got zero pairs")
+            for s in range(0, len(pairs), n):
+                chunks.append(list(pairs[s:s + n]))
+                owner.append(i)
+                weight.append(float(len(chunks[-1])))
+                labels.append(f"user {i} (pairs {s + 1}-{s + len(chunks[-1])})")
+        bs = self.config.batch_size
+        emb = torch.cat([self._encode_batch(chunks[s:s + bs], offset=s, labels=labels[s:s + bs])
+                         for s in range(0, len(chunks), bs)])
+        owner_t, w = torch.tensor(owner), torch.tensor(weight)
+        out = torch.zeros(len(users), *emb.shape[1:], dtype=emb.dtype)
+        out.index_add_(0, owner_t, emb * w.view(-1, *([1] * (emb.dim() - 1))))
+        total = torch.zeros(len(users)).index_add_(0, owner_t, w)
+        return out / total.view(-1, *([1] * (emb.dim() - 1)))
 
     def _encode_with_head(self, users: Sequence[Sequence[Any]]) -> torch.Tensor:
         for i, pairs in enumerate(users):
@@ -252,19 +284,21 @@ class UserEncoder:
         """One user's examples -> (T, D)."""
         return self.encode([pairs])[0]
 
-    def _encode_batch(self, users: Sequence[Sequence[Any]], offset: int, pooling: str | None = None) -> torch.Tensor:
+    def _encode_batch(self, users: Sequence[Sequence[Any]], offset: int, pooling: str | None = None,
+                      labels: Sequence[str] | None = None) -> torch.Tensor:
         pooling = pooling or self.config.pooling
         texts, images = [], []
         for i, pairs in enumerate(users):
+            who = labels[i] if labels is not None else f"user {offset + i}"
             if len(pairs) > self.config.max_pairs:
                 raise PixprefError(
-                    f"user {offset + i}: {len(pairs)} examples exceed max_pairs={self.config.max_pairs}; "
+                    f"{who}: {len(pairs)} examples exceed max_pairs={self.config.max_pairs}; "
                     "split them into chunks (pixpref.data.fewshot) or raise max_pairs"
                 )
             try:
                 text, ims = build_user_prompt(pairs, self.image_token)
             except PixprefError as e:
-                raise PixprefError(f"user {offset + i}: {e}") from None
+                raise PixprefError(f"{who}: {e}") from None
             texts.append(text)
             images.append(ims)
         tok = self.processor.tokenizer
