@@ -207,10 +207,14 @@ def test_resume_reuses_a_finished_stage_after_a_crash(tmp_path, monkeypatch, cap
     assert (out / ".stages" / "base" / "stage1" / "base" / "metrics.json").is_file()
     monkeypatch.setattr(base, "run", real_run)
     capsys.readouterr()
-    run_part("base", out, [], True, cfg_dir, resume=True)
+    # the CLI resumes without --overwrite: the stage-1 folder is finished, the final one was never written
+    assert main(["pretrain", "toy", "--only", "base", "--out", str(out), "--config-dir", str(cfg_dir), "--resume"]) == 0
     assert "stage 1/2: reusing" in capsys.readouterr().out
     assert _weights(out / "base") == _weights(clean / "base")
     assert not (out / ".stages").exists()
+    # a finished part still needs --overwrite, even with --resume
+    assert main(["pretrain", "toy", "--only", "base", "--out", str(out), "--config-dir", str(cfg_dir), "--resume"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
     # a stage saved with other settings is not reused
     calls.clear()
     monkeypatch.setattr(base, "run", crash_in_stage_two)

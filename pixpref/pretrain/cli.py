@@ -117,6 +117,14 @@ def stage_configs(part: str, overrides: list[str], config_dir: Path = CONFIG_DIR
     return cfgs
 
 
+def _check_part_output(folder: Path, overwrite: bool, resume: bool) -> Path:
+    """An existing part folder needs --overwrite, except an unfinished one (no metrics.json) under --resume."""
+    if folder.exists() and not overwrite and not (resume and not (folder / "metrics.json").is_file()):
+        hint = "" if resume else " (or --resume, if a run was interrupted)"
+        raise PixprefError(f"output {folder} already exists; pass --overwrite to replace it{hint}")
+    return folder
+
+
 def _stage_done(folder: Path, cfg) -> bool:
     """A finished stage: metrics written and the same settings saved beside them."""
     from pixpref.config import to_dict
@@ -141,14 +149,12 @@ def run_part(part: str, out_root: Path, overrides: list[str], overwrite: bool, c
     the part's module is not available."""
     import dataclasses
 
-    from pixpref.io_utils import check_output_path
-
     mod = _part_module(part)
     if mod is None:
         print(f"[pretrain] skipping {part}: pixpref.pretrain.{part} is not available")
         return None
     cfgs = stage_configs(part, overrides, config_dir, max_stages)
-    out_dir = check_output_path(out_root / part, overwrite)
+    out_dir = _check_part_output(out_root / part, overwrite, resume)
     stage_root = out_root / STAGE_DIR / part
     n = len(cfgs)
     walls, prev = [], None
@@ -232,10 +238,8 @@ def cmd_pretrain_toy(args: argparse.Namespace) -> int:
     if args.stages is not None and args.stages < 1:
         raise PixprefError(f"--stages must be >= 1, got {args.stages}")
     # refuse early, before hours of training, if an output exists
-    if not args.overwrite:
-        for part in parts:
-            if (out_root / part).exists():
-                raise PixprefError(f"output {out_root / part} already exists; pass --overwrite to replace it")
+    for part in parts:
+        _check_part_output(out_root / part, args.overwrite, args.resume)
     plan = {}
     for part in parts:  # a typo in any part's (or stage's) settings stops the run before anything is written
         plan[part] = len(stage_configs(part, overrides[part], Path(args.config_dir), args.stages))
